@@ -1,0 +1,52 @@
+"""vecna_async: an asyncio-native task queue on Redis.
+
+The public surface, re-exported; see the README for a tour and ``vecna_async.exceptions`` for the
+error tree.
+"""
+
+from vecna_async.backend.results import AsyncResult
+from vecna_async.config import Config, RedisConfig
+from vecna_async.exceptions import (
+    ArgumentTypeError,
+    BrokerUnavailable,
+    ConfigError,
+    InvalidCronSpec,
+    MessageTooLarge,
+    ResultTimeout,
+    RetryTaskLater,
+    TaskCanceled,
+    TaskFailed,
+    TaskNotRegistered,
+    VecnaError,
+)
+from vecna_async.messages import DeadLetter, State, TaskState
+from vecna_async.server import Server
+from vecna_async.tasks.registry import TaskHandle
+from vecna_async.tasks.signature import Arg, Signature
+from vecna_async.worker.worker import Worker
+
+__all__ = [
+    "Arg",
+    "ArgumentTypeError",
+    "AsyncResult",
+    "BrokerUnavailable",
+    "Config",
+    "ConfigError",
+    "DeadLetter",
+    "InvalidCronSpec",
+    "MessageTooLarge",
+    "RedisConfig",
+    "ResultTimeout",
+    "RetryTaskLater",
+    "Server",
+    "Signature",
+    "State",
+    "TaskCanceled",
+    "TaskFailed",
+    "TaskHandle",
+    "TaskNotRegistered",
+    "TaskState",
+    "VecnaError",
+    "Worker",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,208 @@
+"""``AsyncResult`` and the one listener per Server that wakes every waiting result.
+
+Workers publish finished states to the sending Server's reply channel (one message per settled
+batch). The listener holds one pub/sub connection and resolves the waiters by task id, so a web app
+awaiting a thousand results uses one connection, and a result arrives as soon as it is stored. A
+waiter also reads the stored state before it waits (the task may be done already) and re-reads it
+now and then, so a message lost during a reconnect delays a result but never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
+
+from vecna_async.backend.base import Backend
+from vecna_async.exceptions import ResultTimeout, TaskCanceled, TaskFailed
+from vecna_async.messages import State, TaskState, decode_state
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+    from vecna_async.connection import AnyRedis
+    from vecna_async.tasks.signature import Signature
+
+log = logging.getLogger("vecna_async.results")
+T = TypeVar("T")
+RECHECK_SECONDS = 1.0
+"""How long a waiter trusts the listener before it reads the stored state itself."""
+
+
+class ResultListener:
+    """One pub/sub subscription per Server; resolves waiters by task id."""
+
+    def __init__(self, client: AnyRedis, channel: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._waiters: dict[str, set[asyncio.Future[bytes]]] = {}
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._started: asyncio.Lock | None = None
+
+    async def _ensure_started(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            return
+        if self._started is None:
+            self._started = asyncio.Lock()
+        async with self._started:
+            if self._reader is not None and not self._reader.done():
+                return
+            pubsub = self._client.pubsub()
+            await pubsub.subscribe(self._channel)
+            self._pubsub = pubsub
+            self._reader = asyncio.create_task(self._read(pubsub), name="vecna-result-listener")
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while True:
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # redis-py reconnects and resubscribes on the next call
+                log.warning("result listener lost its connection (%s); reconnecting", exc)
+                self._wake_all()
+                await asyncio.sleep(0.2)
+                continue
+            if message and message.get("type") == "message":
+                self._dispatch(message["data"])
+
+    def _dispatch(self, data: bytes) -> None:
+        for line in data.split(b"\n"):
+            task_id, _, state = line.partition(b"\t")
+            futures = self._waiters.get(task_id.decode()) if task_id else None
+            for fut in futures or ():
+                if not fut.done():
+                    fut.set_result(state)
+
+    def _wake_all(self) -> None:
+        """After a reconnect: make every waiter read its state (a publish may have been missed)."""
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(b"")
+
+    async def wait(
+        self, backend: Backend, queue: str, task_id: str, timeout: float | None
+    ) -> TaskState:
+        """Wait for the task's final state; raise ResultTimeout when ``timeout`` passes first."""
+        await self._ensure_started()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        state = None
+        first = True
+        while True:
+            fut: asyncio.Future[bytes] = loop.create_future()
+            self._waiters.setdefault(task_id, set()).add(fut)
+            try:
+                if first:  # registered before reading: a publish between the two is not missed
+                    state = await backend.watch(queue, task_id)
+                    first = False
+                else:
+                    state = await backend.get_state(queue, task_id)
+                if state is not None and state.is_completed():
+                    return state
+                wait = RECHECK_SECONDS
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise ResultTimeout(task_id, timeout or 0.0, _state_name(state))
+                try:
+                    payload = await asyncio.wait_for(fut, wait)
+                except TimeoutError:
+                    continue
+                if payload:
+                    state = decode_state(payload)
+                    if state.is_completed():
+                        return state
+            finally:
+                self._discard(task_id, fut)
+
+    def _discard(self, task_id: str, fut: asyncio.Future[bytes]) -> None:
+        futures = self._waiters.get(task_id)
+        if futures is not None:
+            futures.discard(fut)
+            if not futures:
+                del self._waiters[task_id]
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+            self._reader = None
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+
+
+class ResultSource:
+    """What an AsyncResult reads from: the backend and the Server's listener."""
+
+    def __init__(self, backend: Backend, listener: ResultListener) -> None:
+        self.backend = backend
+        self.listener = listener
+
+
+class AsyncResult(Generic[T]):
+    """The handle of a sent task.
+
+    >>> # r = await server.send_task(Signature("add", args=[1, 1]))
+    >>> # await r.get(timeout=5.0)  -> 2
+    """
+
+    def __init__(
+        self,
+        source: ResultSource,
+        task_id: str,
+        queue: str,
+        signature: Signature | None = None,
+        result_type: Any = Any,
+    ) -> None:
+        self._source = source
+        self.task_id = task_id
+        self.queue = queue
+        self.signature = signature
+        self._result_type = result_type
+
+    def typed(self, result_type: Any) -> AsyncResult[Any]:
+        """The same result, converting the value to ``result_type`` (msgspec) in ``get()``."""
+        return AsyncResult(self._source, self.task_id, self.queue, self.signature, result_type)
+
+    async def get_state(self) -> TaskState | None:
+        """The current TaskState, or None if none is stored (unknown id, or expired)."""
+        return await self._source.backend.get_state(self.queue, self.task_id)
+
+    async def get(self, timeout: float | None = None) -> T:
+        """Wait for the task and return its value (a tuple if it returned several).
+
+        Raises TaskFailed (with the task's error string), TaskCanceled, or ResultTimeout.
+        """
+        state = await self._source.listener.wait(
+            self._source.backend, self.queue, self.task_id, timeout
+        )
+        return self._value(state)
+
+    def _value(self, state: TaskState) -> T:
+        if state.state is State.FAILURE:
+            raise TaskFailed(self.task_id, state.task_name, state.error, state.traceback)
+        if state.state is State.CANCELED:
+            raise TaskCanceled(self.task_id, state.task_name)
+        value = state.value()
+        if self._result_type is Any:
+            return value  # type: ignore[no-any-return]
+        try:
+            return msgspec.convert(value, self._result_type, strict=False)  # type: ignore[no-any-return]
+        except (msgspec.ValidationError, TypeError):
+            return value  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.task_id} queue={self.queue!r}>"
+
+
+def _state_name(state: TaskState | None) -> str | None:
+    return state.state.value if state is not None else None

@@ -1,0 +1,92 @@
+"""What a broker does, as a small Protocol, and the value types that cross it.
+
+The path of a message: ``publish`` (enqueue) → ``claim`` (a batch, each with a lease) →
+``extend_leases`` while it runs → ``settle`` (ack with its final state and follow-ups, retry,
+dead-letter or release). Expired leases are reaped inside ``claim`` by any live worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vecna_async.messages import DeadLetter
+from vecna_async.tasks.signature import Signature
+from vecna_async.tasks.wire import Outgoing
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A message claimed by a worker: its raw body, how often it was delivered, its lease token."""
+
+    queue: str
+    id: str
+    body: bytes
+    deliveries: int
+    token: str
+    unregistered: bool
+
+
+@dataclass(slots=True)
+class Promoted:
+    """What one promotion pass did: entries moved, Redis's clock, the next due time (-1: none)."""
+
+    moved: int
+    now_ms: int
+    next_due_ms: int
+
+
+@dataclass(slots=True)
+class SettleBatch:
+    """Outcomes of one queue's messages, applied in one call, each fenced by its lease token."""
+
+    queue: str
+    started: list[tuple[str, str]] = field(default_factory=list)
+    done: list[tuple[str, str, bytes, list[Outgoing]]] = field(default_factory=list)
+    retry: list[tuple[str, str, bytes, bytes, int]] = field(default_factory=list)
+    dead: list[tuple[str, str, str, bytes]] = field(default_factory=list)
+    release: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.started)
+            + len(self.done)
+            + len(self.retry)
+            + len(self.dead)
+            + len(self.release)
+        )
+
+
+class Broker(Protocol):
+    """The queue side of vecna_async. ``RedisBroker`` implements it."""
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Enqueue messages (ready, or delayed when ``due_ms`` is in the future)."""
+
+    async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
+        """Claim up to ``max_n`` messages of the given task names, each with a fresh lease."""
+
+    async def settle(self, batch: SettleBatch) -> list[str]:
+        """Apply outcomes; returns the ids whose lease was lost (nothing was changed for them)."""
+
+    async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
+        """Renew leases (id, token); returns the ids whose lease was lost."""
+
+    async def wait_for_work(self, queue: str, timeout: float) -> None:
+        """Block until there may be work in ``queue`` or ``timeout`` passes (a hint only)."""
+
+    async def promote_due(self, queue: str, limit: int) -> Promoted:
+        """Move due delayed entries of ``queue`` to ready."""
+
+    async def get_pending_tasks(self, queue: str) -> list[Signature]:
+        """The tasks waiting in ``queue`` (ready and parked), in the order they will be served."""
+
+    async def get_delayed_tasks(self, queue: str) -> list[Signature]:
+        """The tasks waiting for their ETA or retry time in ``queue``, earliest first."""
+
+    async def get_dead_letters(self, queue: str) -> list[DeadLetter]:
+        """Messages given up on in ``queue``, oldest first, with the reason."""
+
+    async def requeue_dead_letter(self, queue: str, task_id: str) -> bool:
+        """Put a dead-lettered message back to ready with a fresh delivery count."""

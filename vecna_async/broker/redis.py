@@ -1,0 +1,224 @@
+"""The Redis broker: every queue operation is one Lua script call (see ``vecna_async/lua/``)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from vecna_async.broker.base import Claimed, Promoted, SettleBatch
+from vecna_async.config import Config
+from vecna_async.connection import RedisClients, raw, text
+from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.keys import Keys, QueueKeys
+from vecna_async.messages import DeadLetter, State, TaskState, decode_task, encode
+from vecna_async.scripts import script
+from vecna_async.tasks.signature import Signature
+from vecna_async.tasks.wire import Outgoing, to_signature
+
+log = logging.getLogger("vecna_async.broker")
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors that mean Redis cannot be reached right now (as opposed to a bug or a bad reply)."""
+
+
+@asynccontextmanager
+async def unavailable_as(where: str) -> AsyncIterator[None]:
+    """Re-raise a connection failure as BrokerUnavailable that says where."""
+    try:
+        yield
+    except REDIS_DOWN as exc:
+        raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
+
+
+def _follow_args(qi: int, m: Outgoing) -> list[Any]:
+    return [
+        qi,
+        m.id,
+        m.name,
+        m.body,
+        m.priority,
+        m.due_ms,
+        int(m.ignore_unregistered),
+        m.reply_to,
+        m.pending_state,
+    ]
+
+
+class RedisBroker:
+    """Queues in Redis with at-least-once delivery (leases, fencing tokens, dead letters)."""
+
+    def __init__(self, clients: RedisClients, keys: Keys, config: Config, write_states: bool):
+        self._main = clients.main
+        self._blocking = clients.blocking
+        self._where = clients.target.describe()
+        self._keys = keys
+        self._config = config
+        self._write_states = write_states
+        self._flag = "1" if write_states else "0"
+        self._ttl = config.results_expire_in
+        self._known_delayed_queues: set[str] = set()
+
+    def _q(self, queue: str) -> QueueKeys:
+        return self._keys.queue(queue)
+
+    def _meta(self, queue: str) -> list[Any]:
+        return [queue, self._keys.sched_channel]
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        by_queue: dict[str, list[Outgoing]] = defaultdict(list)
+        for m in messages:
+            by_queue[m.queue].append(m)
+        async with unavailable_as(self._where):
+            for queue, batch in by_queue.items():
+                args: list[Any] = [*self._meta(queue), uuid.uuid4().hex, self._ttl]
+                for m in batch:
+                    args += [
+                        m.id,
+                        m.name,
+                        m.body,
+                        m.priority,
+                        m.due_ms,
+                        int(m.ignore_unregistered),
+                        m.reply_to,
+                        m.pending_state if self._write_states else "",
+                    ]
+                await script("enqueue")(self._main, list(self._q(queue)), args)
+                if queue not in self._known_delayed_queues and any(m.due_ms for m in batch):
+                    await self.remember_queue(queue)
+
+    async def remember_queue(self, queue: str) -> None:
+        """Record that ``queue`` has a delayed set, so every scheduler looks at it."""
+        await self._main.sadd(self._keys.queues, queue)
+        self._known_delayed_queues.add(queue)
+
+    async def known_queues(self) -> set[str]:
+        members = await self._main.smembers(self._keys.queues)
+        return {text(m) for m in members}
+
+    async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
+        r = self._config.redis
+        token = uuid.uuid4().hex[:20]
+        args = [
+            *self._meta(queue),
+            token,
+            uuid.uuid4().hex,
+            max_n,
+            int(r.lease_timeout * 1000),
+            r.max_deliveries,
+            self._flag,
+            self._ttl,
+            max(100, max_n),
+            *task_names,
+        ]
+        async with unavailable_as(self._where):
+            flat = await script("claim")(self._main, list(self._q(queue)), args)
+        return [
+            Claimed(
+                queue, flat[i].decode(), flat[i + 1], int(flat[i + 2]), token, bool(flat[i + 3])
+            )
+            for i in range(0, len(flat), 4)
+        ]
+
+    async def settle(self, batch: SettleBatch) -> list[str]:
+        others: dict[str, int] = {}
+        entries: list[Any] = []
+        for task_id, token in batch.started:
+            entries += ["S", task_id, token]
+        for task_id, token, state, follow_ups in batch.done:
+            entries += ["D", task_id, token, state, len(follow_ups)]
+            for m in follow_ups:
+                qi = 0 if m.queue == batch.queue else others.setdefault(m.queue, len(others) + 1)
+                entries += _follow_args(qi, m)
+        for task_id, token, state, body, due_ms in batch.retry:
+            entries += ["R", task_id, token, state, body, due_ms]
+        for task_id, token, reason, state in batch.dead:
+            entries += ["X", task_id, token, reason, state]
+        for task_id, token in batch.release:
+            entries += ["L", task_id, token]
+        other_args: list[Any] = []
+        for name in others:  # insertion order matches the indexes handed out above
+            other_args += [*self._q(name), name]
+        args = [*self._meta(batch.queue), self._flag, self._ttl, len(others), *other_args, *entries]
+        async with unavailable_as(self._where):
+            lost = await script("settle")(self._main, list(self._q(batch.queue)), args)
+            for name in others:
+                if name not in self._known_delayed_queues:
+                    await self.remember_queue(name)
+        return [text(x) for x in lost]
+
+    async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
+        args: list[Any] = [*self._meta(queue), int(self._config.redis.lease_timeout * 1000)]
+        for task_id, token in leases:
+            args += [task_id, token]
+        async with unavailable_as(self._where):
+            lost = await script("heartbeat")(self._main, list(self._q(queue)), args)
+        return [text(x) for x in lost]
+
+    async def wait_for_work(self, queue: str, timeout: float) -> None:
+        async with unavailable_as(self._where):
+            await self._blocking.blpop([self._q(queue).wake], timeout=timeout)
+
+    async def promote_due(self, queue: str, limit: int) -> Promoted:
+        async with unavailable_as(self._where):
+            moved, now, nxt = await script("promote")(
+                self._main, list(self._q(queue)), [*self._meta(queue), limit]
+            )
+        return Promoted(int(moved), int(now), int(nxt))
+
+    async def get_pending_tasks(self, queue: str) -> list[Signature]:
+        q = self._q(queue)
+        async with unavailable_as(self._where):
+            ids: list[Any] = list(await self._main.zrange(q.ready, 0, -1))
+            for name in await self._main.smembers(q.parked):
+                ids += await self._main.zrange(q.parked_prefix + text(name), 0, -1)
+            return await self._signatures(q, [text(i) for i in ids])
+
+    async def get_delayed_tasks(self, queue: str) -> list[Signature]:
+        q = self._q(queue)
+        async with unavailable_as(self._where):
+            ids = await self._main.zrange(q.delayed, 0, -1)
+            return await self._signatures(q, [text(i) for i in ids])
+
+    async def _signatures(self, q: QueueKeys, ids: list[str]) -> list[Signature]:
+        out: list[Signature] = []
+        for task_id in ids:
+            body = await self._main.hget(q.record(task_id), "b")
+            if body is None:
+                continue
+            try:
+                out.append(to_signature(decode_task(raw(body))))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("pending message %s cannot be decoded (%s); not listed", task_id, exc)
+        return out
+
+    async def get_dead_letters(self, queue: str) -> list[DeadLetter]:
+        q = self._q(queue)
+        async with unavailable_as(self._where):
+            entries: list[Any] = await self._main.zrange(q.dead, 0, -1, withscores=True)
+            out = []
+            for member, score in entries:
+                task_id = text(member)
+                fields: list[Any] = await self._main.hmget(q.record(task_id), ["b", "e", "d"])
+                body, reason, d = fields
+                out.append(
+                    DeadLetter(
+                        task_id, text(reason or b""), int(d or 0), raw(body or b""), int(score)
+                    )
+                )
+            return out
+
+    async def requeue_dead_letter(self, queue: str, task_id: str) -> bool:
+        pending = b""
+        if self._write_states:
+            pending = encode(TaskState(task_id=task_id, state=State.PENDING))
+        args = [*self._meta(queue), task_id, pending, self._ttl]
+        async with unavailable_as(self._where):
+            return bool(await script("requeue_dead")(self._main, list(self._q(queue)), args))

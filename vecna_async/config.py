@@ -1,0 +1,158 @@
+"""Configuration: ``Config`` and ``RedisConfig``, from code, a YAML file or the environment.
+
+Field names follow the seed's YAML where the seed has them (``broker``, ``default_queue``,
+``result_backend``, ``results_expire_in``, ``redis.max_active``, ``redis.read_timeout``, ...).
+
+>>> cnf = Config(broker="redis://127.0.0.1:6379/0", default_queue="emails")
+>>> cnf.redis.lease_timeout
+30.0
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from vecna_async.exceptions import ConfigError
+
+
+class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Connection pools, timeouts, key names and delivery settings (times in seconds unless the
+    name says ms). Pool and timeout fields keep the seed's names; polling is only a safety net,
+    wake-ups come from Redis."""
+
+    # Pool: connections a pool may open (0 = no limit); with `wait`, a caller waits for a free
+    # one instead of failing. max_idle and max_idle_timeout: idle connections kept, and seconds
+    # before an idle connection is health-checked again.
+    max_idle: int = 10
+    max_active: int = 100
+    max_idle_timeout: int = 300
+    wait: bool = True
+    # Socket timeouts, and how often redis-py retries a command after a dropped connection or a
+    # timeout before the error reaches us (every vecna script is safe to run twice).
+    read_timeout: float = 15.0
+    write_timeout: float = 15.0
+    connect_timeout: float = 15.0
+    retries: int = 3
+    # The longest an idle worker waits before it looks at its queue again, and the longest a
+    # scheduler sleeps before it looks at the delayed set again (both ms).
+    normal_tasks_poll_period: int = 1000
+    delayed_tasks_poll_period: int = 1000
+    # Every key starts with this prefix (keys.py has the layout).
+    key_prefix: str = "vecna"
+    # Delivery: a claimed message stays with its worker for lease_timeout without a heartbeat;
+    # workers renew every heartbeat_interval; a message handed out max_deliveries times without
+    # an ack goes to the dead-letter set; one claim takes at most claim_batch messages; an
+    # encoded message may be at most max_message_bytes.
+    lease_timeout: float = 30.0
+    heartbeat_interval: float = 10.0
+    max_deliveries: int = 5
+    claim_batch: int = 100
+    max_message_bytes: int = 16 * 1024 * 1024
+    # Sentinel (master_name may also come from the URL) and TLS for rediss:// URLs.
+    master_name: str = ""
+    sentinel_password: str = ""
+    tls_ca_certs: str = ""
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_verify: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_active", allow_zero=True)
+        _positive(self, "max_deliveries")
+        _positive(self, "claim_batch")
+        _positive(self, "max_message_bytes")
+        _positive(self, "lease_timeout")
+        _positive(self, "heartbeat_interval")
+        _positive(self, "read_timeout")
+        _positive(self, "connect_timeout")
+        _positive(self, "normal_tasks_poll_period")
+        _positive(self, "delayed_tasks_poll_period")
+        _positive(self, "retries", allow_zero=True)
+        if self.heartbeat_interval >= self.lease_timeout:
+            raise ConfigError(
+                f"redis.heartbeat_interval ({self.heartbeat_interval}) must be shorter than "
+                f"redis.lease_timeout ({self.lease_timeout}), or leases expire between heartbeats"
+            )
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything a Server needs.
+
+    broker: a Redis URL (see the README's URL table). result_backend: None keeps states and
+    results on the broker's Redis (fastest: results are written in the same script as the ack).
+    results_expire_in: seconds states and results are kept. shutdown_grace: seconds a stopping
+    worker waits for running tasks before it hands their messages back.
+    """
+
+    broker: str = "redis://127.0.0.1:6379/0"
+    default_queue: str = "vecna_tasks"
+    result_backend: str | None = None
+    results_expire_in: int = 3600
+    shutdown_grace: float = 30.0
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self, "results_expire_in")
+        _positive(self, "shutdown_grace", allow_zero=True)
+        if not self.default_queue:
+            raise ConfigError("default_queue must not be empty")
+
+    @property
+    def backend_url(self) -> str:
+        """The result backend's URL (the broker's when ``result_backend`` is unset)."""
+        return self.result_backend or self.broker
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Config:
+        """Load a YAML file with the seed's field names; a bad field is named in the error."""
+        data = Path(path).read_bytes()
+        try:
+            return msgspec.yaml.decode(data, type=cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
+        """Read ``VECNA_*`` variables: ``VECNA_BROKER``, ``VECNA_DEFAULT_QUEUE``,
+        ``VECNA_RESULT_BACKEND``, ``VECNA_RESULTS_EXPIRE_IN``, ``VECNA_SHUTDOWN_GRACE`` and
+        ``VECNA_REDIS_<FIELD>`` for every RedisConfig field (``VECNA_REDIS_MAX_ACTIVE=50``).
+        Unset variables keep their defaults; a value of the wrong type names the variable."""
+        env = os.environ if environ is None else environ
+        top: dict[str, Any] = {}
+        redis: dict[str, Any] = {}
+        for field in msgspec.structs.fields(cls):
+            if field.name != "redis" and f"VECNA_{field.name.upper()}" in env:
+                top[field.name] = env[f"VECNA_{field.name.upper()}"]
+        for field in msgspec.structs.fields(RedisConfig):
+            var = f"VECNA_REDIS_{field.name.upper()}"
+            if var in env:
+                redis[field.name] = env[var]
+        if redis:
+            top["redis"] = redis
+        try:
+            return msgspec.convert(top, type=cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"environment: {_env_path(str(exc))}") from None
+
+
+def _positive(obj: object, name: str, *, allow_zero: bool = False) -> None:
+    value = getattr(obj, name)
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        section = "redis." if isinstance(obj, RedisConfig) else ""
+        raise ConfigError(f"{section}{name} must be {bound}, got {value!r}")
+
+
+def _env_path(message: str) -> str:
+    """Turn msgspec's ``$.redis.max_active`` into the variable name the user set."""
+    if " - at `$." not in message:
+        return message
+    text, path = message.rsplit(" - at `$.", 1)
+    var = "VECNA_" + path.rstrip("`").replace(".", "_").upper()
+    return f"{var}: {text}"

@@ -1,0 +1,113 @@
+"""Every Redis key and channel name vecna_async uses, built in this one place.
+
+Layout for a queue ``q`` under the prefix ``vecna`` (the ``{q}`` hash tag keeps all keys of a queue
+in one Redis Cluster slot, so every Lua script touches a single slot)::
+
+    vecna:{q}:ready          ZSET  id -> order score (priority, then FIFO by sequence)
+    vecna:{q}:delayed        ZSET  id -> due time (epoch ms): ETA tasks and retries
+    vecna:{q}:leases         ZSET  id -> lease deadline (epoch ms) of claimed messages
+    vecna:{q}:dead           ZSET  id -> time it was dead-lettered (epoch ms)
+    vecna:{q}:wake           LIST  wake-up tokens for idle workers (never needed for correctness)
+    vecna:{q}:seq            STR   enqueue sequence (FIFO order inside a priority)
+    vecna:{q}:m:<id>         HASH  the message record: b=body n=name p=order score d=deliveries
+                                   o=lease owner token r=reply channels i=ignore-if-unregistered
+                                   e=dead-letter reason
+    vecna:{q}:s:<id>         STR   the task's TaskState (JSON), expires after results_expire_in
+    vecna:{q}:parked         SET   names of parked tasks (claimed by workers that did not know them)
+    vecna:{q}:parked:<name>  ZSET  parked ids of that task name, with their order score
+    vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim call (redis-py retries)
+    vecna:{q}:x:<id>         STR   cancel tombstone: the id must never run
+    vecna:queues             SET   every queue that ever held a delayed entry (for schedulers)
+    vecna:{periodic}:defs    HASH  code -> periodic definition
+    vecna:{periodic}:next    ZSET  code -> next fire time (epoch ms)
+
+Channels: ``vecna:reply:<server id>`` (finished results for one Server's waiters) and
+``vecna:sched`` (an entry was added that is earlier than the scheduler may know about).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import NamedTuple
+
+_SAFE = re.compile(r"^[A-Za-z0-9_.:@/+=\-]{1,200}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Reject ids, queue and task names that would break a key or the JSON Lua writes.
+
+    >>> check_name("task id", "a b")
+    Traceback (most recent call last):
+    ValueError: task id 'a b' may only use letters, digits and _ . : @ / + = - (1-200 characters)
+    """
+    if not _SAFE.match(value):
+        raise ValueError(
+            f"{kind} {value!r} may only use letters, digits and _ . : @ / + = - (1-200 characters)"
+        )
+    return value
+
+
+class QueueKeys(NamedTuple):
+    """The keys of one queue, in the order every Lua script receives them as ``KEYS``."""
+
+    ready: str
+    delayed: str
+    leases: str
+    dead: str
+    wake: str
+    seq: str
+    record_prefix: str
+    state_prefix: str
+    parked: str
+    parked_prefix: str
+    request_prefix: str
+    tombstone_prefix: str
+
+    def record(self, task_id: str) -> str:
+        return self.record_prefix + task_id
+
+    def state(self, task_id: str) -> str:
+        return self.state_prefix + task_id
+
+    def tombstone(self, task_id: str) -> str:
+        return self.tombstone_prefix + task_id
+
+
+class Keys:
+    """Builds key and channel names under one prefix (``RedisConfig.key_prefix``)."""
+
+    def __init__(self, prefix: str = "vecna") -> None:
+        check_name("key prefix", prefix)
+        self.prefix = prefix
+        self.queues = f"{prefix}:queues"
+        self.sched_channel = f"{prefix}:sched"
+        self.periodic_defs = f"{prefix}:{{periodic}}:defs"
+        self.periodic_next = f"{prefix}:{{periodic}}:next"
+        self.periodic_request_prefix = f"{prefix}:{{periodic}}:req:"
+
+    def reply_channel(self, server_id: str) -> str:
+        return f"{self.prefix}:reply:{server_id}"
+
+    def queue(self, name: str) -> QueueKeys:
+        return _queue_keys(self.prefix, name)
+
+
+@lru_cache(maxsize=1024)
+def _queue_keys(prefix: str, queue: str) -> QueueKeys:
+    check_name("queue name", queue)
+    base = f"{prefix}:{{{queue}}}:"
+    return QueueKeys(
+        ready=base + "ready",
+        delayed=base + "delayed",
+        leases=base + "leases",
+        dead=base + "dead",
+        wake=base + "wake",
+        seq=base + "seq",
+        record_prefix=base + "m:",
+        state_prefix=base + "s:",
+        parked=base + "parked",
+        parked_prefix=base + "parked:",
+        request_prefix=base + "req:",
+        tombstone_prefix=base + "x:",
+    )

@@ -1,0 +1,129 @@
+-- Shared helpers; vecna_async.scripts prepends this file to every script.
+-- Key names come from vecna_async/keys.py through KEYS (a queue's 12 keys, in QueueKeys order) and,
+-- for other queues, through ARGV. Ids, queue and task names are restricted to JSON-safe characters
+-- (keys.check_name), which is what lets state_json() below build JSON by concatenation.
+
+local QUEUE_KEY_COUNT = 12
+local PRIORITY_WEIGHT = 1099511627776 -- 2^40: one priority step outweighs any FIFO sequence number
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function queue_keys(list, o)
+  return {
+    ready = list[o + 1], delayed = list[o + 2], leases = list[o + 3], dead = list[o + 4],
+    wake = list[o + 5], seq = list[o + 6], record = list[o + 7], state = list[o + 8],
+    parked = list[o + 9], parked_prefix = list[o + 10], request = list[o + 11],
+    tombstone = list[o + 12],
+  }
+end
+
+-- One wake-up token for an idle worker (BLPOP). Only ever a hint: workers also poll.
+local function wake(q)
+  if redis.call('LLEN', q.wake) == 0 then
+    redis.call('RPUSH', q.wake, '1')
+  end
+end
+
+local function state_json(id, state, name, err)
+  local s = '{"task_id":"' .. id .. '","state":"' .. state .. '","task_name":"' .. name .. '"'
+  if err then
+    s = s .. ',"error":"' .. err .. '"'
+  end
+  return s .. '}'
+end
+
+-- Finished states to publish, grouped by reply channel: one PUBLISH per channel per script call.
+local function note_reply(pubs, channels, id, state)
+  if not channels or channels == '' then
+    return
+  end
+  local line = id .. '\t' .. (string.len(state) <= 65536 and state or '') .. '\n'
+  for ch in string.gmatch(channels, '%S+') do
+    local lines = pubs[ch]
+    if not lines then
+      lines = {}
+      pubs[ch] = lines
+    end
+    lines[#lines + 1] = line
+  end
+end
+
+local function publish_replies(pubs)
+  for ch, lines in pairs(pubs) do
+    redis.call('PUBLISH', ch, table.concat(lines))
+  end
+end
+
+-- Enqueue one message unless its id is queued already (a resend of the same id is a no-op).
+-- Returns 0 skipped, 1 ready, 2 delayed, 3 delayed and now the earliest entry of the delayed set.
+local function enqueue(q, now, id, name, body, priority, due, ignore, reply, state, ttl)
+  local rk = q.record .. id
+  if redis.call('EXISTS', rk) == 1 then
+    return 0
+  end
+  local score = redis.call('INCR', q.seq) - tonumber(priority) * PRIORITY_WEIGHT
+  redis.call('HSET', rk, 'b', body, 'n', name, 'p', score, 'd', 0, 'i', ignore, 'r', reply)
+  if state ~= '' then
+    redis.call('SET', q.state .. id, state, 'EX', ttl)
+  end
+  due = tonumber(due)
+  if due > now then
+    redis.call('ZADD', q.delayed, due, id)
+    local first = redis.call('ZRANGE', q.delayed, 0, 0)
+    if first[1] == id then
+      return 3
+    end
+    return 2
+  end
+  redis.call('ZADD', q.ready, score, id)
+  wake(q)
+  return 1
+end
+
+-- Tell sleeping schedulers that a delayed entry is due earlier than they may think.
+local function announce_due(channel, queue, due)
+  redis.call('PUBLISH', channel, queue .. ' ' .. due)
+end
+
+-- Mark a message dead: out of every queue structure, kept in the dead set with its reason, and
+-- its task FAILED so nobody waits for it.
+-- `state` is the FAILURE state to store, or nil to build one here (reason must then be JSON-safe).
+local function dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
+  local rk = q.record .. id
+  local r = redis.call('HMGET', rk, 'n', 'r')
+  redis.call('HDEL', rk, 'o')
+  redis.call('HSET', rk, 'e', reason, 't', now)
+  redis.call('ZADD', q.dead, now, id)
+  if write_states then
+    state = state or state_json(id, 'FAILURE', r[1] or '', 'dead-lettered: ' .. reason)
+    redis.call('SET', q.state .. id, state, 'EX', ttl)
+    note_reply(pubs, r[2], id, state)
+  end
+end
+
+-- Leases past their deadline go back to ready, or to the dead set after max_deliveries.
+local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_states)
+  local expired = redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', q.leases, id)
+    local rk = q.record .. id
+    local r = redis.call('HMGET', rk, 'd', 'p')
+    if r[2] then
+      local d = tonumber(r[1] or 0)
+      if d >= max_deliveries then
+        dead_letter(q, now, id, 'delivered ' .. d .. ' times and every lease expired without an ack'
+          .. ' (the task keeps killing or stalling its worker?)', nil, ttl, pubs, write_states)
+      else
+        redis.call('HDEL', rk, 'o')
+        redis.call('ZADD', q.ready, r[2], id)
+      end
+    end
+  end
+  if #expired > 0 then
+    wake(q)
+  end
+  return #expired
+end

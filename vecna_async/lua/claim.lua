@@ -1,0 +1,99 @@
+-- Claim up to max_n ready messages for one worker, each with a lease (deadline + owner token).
+-- KEYS: the queue's keys. ARGV: queue, sched_channel, token, request_id, max_n, lease_ms,
+--   max_deliveries, write_states (0/1), state_ttl, reap_limit, then the task names the worker knows.
+-- Returns a flat list: id, body, deliveries, flag ('' or 'unregistered') per claimed message.
+-- Messages of names this worker does not know are parked for a worker that knows them, unless
+-- they ask to fail when unregistered. Expired leases are reaped first, so any live worker
+-- redelivers the messages of a dead one.
+local q = queue_keys(KEYS, 0)
+local token, request_id = ARGV[3], ARGV[4]
+local max_n, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local max_deliveries, write_states = tonumber(ARGV[7]), ARGV[8] == '1'
+local ttl, reap_limit = tonumber(ARGV[9]), tonumber(ARGV[10])
+local known = {}
+for i = 11, #ARGV do
+  known[ARGV[i]] = true
+end
+local out = {}
+local req = q.request .. request_id
+
+local function flag(name)
+  return known[name] and '' or 'unregistered'
+end
+
+-- A resent call returns what the first one claimed and still holds.
+local previous = redis.call('GET', req)
+if previous then
+  for id in string.gmatch(previous, '%S+') do
+    local r = redis.call('HMGET', q.record .. id, 'o', 'b', 'd', 'n')
+    if r[1] == token then
+      out[#out + 1] = id
+      out[#out + 1] = r[2]
+      out[#out + 1] = r[3]
+      out[#out + 1] = flag(r[4])
+    end
+  end
+  return out
+end
+
+local now = now_ms()
+local pubs = {}
+reap_expired(q, now, reap_limit, max_deliveries, ttl, pubs, write_states)
+publish_replies(pubs)
+
+if redis.call('SCARD', q.parked) > 0 then
+  for _, name in ipairs(redis.call('SMEMBERS', q.parked)) do
+    if known[name] then
+      local pk = q.parked_prefix .. name
+      local items = redis.call('ZRANGE', pk, 0, 999, 'WITHSCORES')
+      for i = 1, #items, 2 do
+        redis.call('ZADD', q.ready, items[i + 1], items[i])
+        redis.call('ZREM', pk, items[i])
+      end
+      if redis.call('EXISTS', pk) == 0 then
+        redis.call('SREM', q.parked, name)
+      end
+    end
+  end
+end
+
+local claimed = {}
+local rounds = 0
+while #claimed < max_n and rounds < 8 do
+  rounds = rounds + 1
+  local popped = redis.call('ZPOPMIN', q.ready, max_n - #claimed)
+  if #popped == 0 then
+    break
+  end
+  for i = 1, #popped, 2 do
+    local id, score = popped[i], popped[i + 1]
+    local rk = q.record .. id
+    local r = redis.call('HMGET', rk, 'n', 'b', 'i')
+    local name = r[1]
+    if name then
+      if known[name] or r[3] == '1' then
+        local d = redis.call('HINCRBY', rk, 'd', 1)
+        redis.call('HSET', rk, 'o', token)
+        redis.call('ZADD', q.leases, now + lease_ms, id)
+        if write_states then
+          redis.call('SET', q.state .. id, state_json(id, 'RECEIVED', name), 'EX', ttl)
+        end
+        claimed[#claimed + 1] = id
+        out[#out + 1] = id
+        out[#out + 1] = r[2]
+        out[#out + 1] = d
+        out[#out + 1] = flag(name)
+      else
+        redis.call('ZADD', q.parked_prefix .. name, score, id)
+        redis.call('SADD', q.parked, name)
+      end
+    end
+  end
+end
+if #claimed > 0 then
+  redis.call('SET', req, table.concat(claimed, ' '), 'EX', 300)
+end
+if redis.call('ZCARD', q.ready) > 0 then
+  wake(q) -- more work than this worker took: let the next idle one know
+end
+return out

@@ -1,0 +1,20 @@
+-- Put one dead-lettered message back to ready with a fresh delivery count.
+-- KEYS: the queue's keys. ARGV: queue, sched_channel, id, pending_state ('' = leave the state), ttl.
+local q = queue_keys(KEYS, 0)
+local id = ARGV[3]
+if redis.call('ZREM', q.dead, id) == 0 then
+  return 0
+end
+local rk = q.record .. id
+local p = redis.call('HGET', rk, 'p')
+if not p then
+  return 0
+end
+redis.call('HDEL', rk, 'e', 't', 'o')
+redis.call('HSET', rk, 'd', 0)
+redis.call('ZADD', q.ready, p, id)
+if ARGV[4] ~= '' then
+  redis.call('SET', q.state .. id, ARGV[4], 'EX', tonumber(ARGV[5]))
+end
+wake(q)
+return 1

@@ -1,0 +1,117 @@
+-- Apply a batch of outcomes from one worker, each fenced by the lease token: an entry whose token
+-- no longer owns the message (its lease expired and another worker took it, or it was settled
+-- already) changes nothing and its id is returned as lost.
+-- KEYS: the queue's keys. ARGV: queue, sched_channel, write_states (0/1), state_ttl, n_other,
+--   then n_other x (12 keys + queue name) of other queues that follow-ups go to, then entries:
+--   S id token                      started: state STARTED
+--   D id token state n_follow ...   done: ack, store the final state, enqueue n_follow follow-ups,
+--                                   each: queue_index (0 = this queue) id name body priority due
+--                                   ignore reply pending_state
+--   R id token state body delay_ms  retry: new body, back to the delayed set (ready if delay 0)
+--   X id token reason state         dead-letter with a reason
+--   L id token                      release: hand back to ready (graceful shutdown), not counted
+--                                   as a delivery
+local q = queue_keys(KEYS, 0)
+local queue, sched_channel = ARGV[1], ARGV[2]
+local write_states, ttl = ARGV[3] == '1', tonumber(ARGV[4])
+local queues = { [0] = q }
+local names = { [0] = queue }
+local i = 6
+for n = 1, tonumber(ARGV[5]) do
+  queues[n] = queue_keys(ARGV, i - 1)
+  names[n] = ARGV[i + QUEUE_KEY_COUNT]
+  i = i + QUEUE_KEY_COUNT + 1
+end
+local now = now_ms()
+local pubs = {}
+local lost = {}
+
+local function owned(rk, token)
+  return redis.call('HGET', rk, 'o') == token
+end
+
+while i <= #ARGV do
+  local kind, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local rk = q.record .. id
+  if kind == 'S' then
+    i = i + 3
+    local r = redis.call('HMGET', rk, 'o', 'n')
+    if r[1] == token then
+      if write_states then
+        redis.call('SET', q.state .. id, state_json(id, 'STARTED', r[2]), 'EX', ttl)
+      end
+    else
+      lost[#lost + 1] = id
+    end
+  elseif kind == 'D' then
+    local state, n_follow = ARGV[i + 3], tonumber(ARGV[i + 4])
+    local first_follow = i + 5
+    i = first_follow + n_follow * 9
+    local r = redis.call('HMGET', rk, 'o', 'r')
+    if r[1] == token then
+      redis.call('DEL', rk)
+      redis.call('ZREM', q.leases, id)
+      if write_states then
+        redis.call('SET', q.state .. id, state, 'EX', ttl)
+        note_reply(pubs, r[2], id, state)
+      end
+      for f = first_follow, i - 1, 9 do
+        local qi = tonumber(ARGV[f])
+        local fq = queues[qi]
+        local due = ARGV[f + 5]
+        if enqueue(fq, now, ARGV[f + 1], ARGV[f + 2], ARGV[f + 3], ARGV[f + 4], due,
+            ARGV[f + 6], ARGV[f + 7], ARGV[f + 8], ttl) == 3 then
+          announce_due(sched_channel, names[qi], due)
+        end
+      end
+    else
+      lost[#lost + 1] = id
+    end
+  elseif kind == 'R' then
+    local state, body, due = ARGV[i + 3], ARGV[i + 4], now + tonumber(ARGV[i + 5])
+    i = i + 6
+    if owned(rk, token) then
+      redis.call('HDEL', rk, 'o')
+      redis.call('HSET', rk, 'b', body, 'd', 0)
+      redis.call('ZREM', q.leases, id)
+      if write_states then
+        redis.call('SET', q.state .. id, state, 'EX', ttl)
+      end
+      if due > now then
+        redis.call('ZADD', q.delayed, due, id)
+        if redis.call('ZRANGE', q.delayed, 0, 0)[1] == id then
+          announce_due(sched_channel, queue, due)
+        end
+      else
+        redis.call('ZADD', q.ready, redis.call('HGET', rk, 'p'), id)
+        wake(q)
+      end
+    else
+      lost[#lost + 1] = id
+    end
+  elseif kind == 'X' then
+    local reason, state = ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    if owned(rk, token) then
+      redis.call('ZREM', q.leases, id)
+      dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
+    else
+      lost[#lost + 1] = id
+    end
+  elseif kind == 'L' then
+    i = i + 3
+    if owned(rk, token) then
+      redis.call('HDEL', rk, 'o')
+      redis.call('HINCRBY', rk, 'd', -1)
+      redis.call('ZREM', q.leases, id)
+      redis.call('ZADD', q.ready, redis.call('HGET', rk, 'p'), id)
+      wake(q)
+    else
+      lost[#lost + 1] = id
+    end
+  else
+    return redis.error_reply('settle: unknown entry kind ' .. tostring(kind) .. ' at ARGV ' .. i)
+  end
+end
+publish_replies(pubs)
+return lost

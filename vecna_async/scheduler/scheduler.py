@@ -1,0 +1,106 @@
+"""The scheduler coroutine: moves due delayed entries (ETA tasks, retries) to their ready queues.
+
+It does not tick: after each pass it sleeps until the earliest due entry (by Redis's clock, so
+schedulers on hosts with skewed clocks agree), and a publish on the ``sched`` channel wakes it early
+when an earlier entry is added. ``RedisConfig.delayed_tasks_poll_period`` caps the sleep, a safety
+net for a missed publish. Any number of schedulers may run: promotion is one atomic script per
+batch, so they share the work and never duplicate it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from vecna_async.broker.redis import RedisBroker
+from vecna_async.exceptions import BrokerUnavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+    from vecna_async.connection import AnyRedis
+
+log = logging.getLogger("vecna_async.scheduler")
+PROMOTE_BATCH = 1000
+QUEUE_REFRESH_SECONDS = 5.0
+
+
+class Scheduler:
+    """Promotes due entries of every known queue; ``run`` until cancelled."""
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        client: AnyRedis,
+        channel: str,
+        queues: Iterable[str],
+        max_sleep: float,
+    ) -> None:
+        self._broker = broker
+        self._client = client
+        self._channel = channel
+        self._queues = set(queues)
+        self._max_sleep = max_sleep
+        self._wake = anyio.Event()
+        self._queues_refreshed = 0.0
+        self.passes = 0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._listen)
+            await self._loop()
+
+    async def _loop(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                sleep = await self.promote_once()
+                backoff = 0.05
+            except BrokerUnavailable as exc:
+                log.warning("scheduler cannot reach Redis (%s); retry in %.2fs", exc, backoff)
+                sleep, backoff = backoff, min(backoff * 2, 5.0)
+            with anyio.move_on_after(sleep):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def promote_once(self) -> float:
+        """One pass over every queue; returns how long to sleep until the next due entry."""
+        self.passes += 1
+        if time.monotonic() - self._queues_refreshed > QUEUE_REFRESH_SECONDS:
+            self._queues |= await self._broker.known_queues()
+            self._queues_refreshed = time.monotonic()
+        sleep = self._max_sleep
+        for queue in list(self._queues):
+            while True:
+                r = await self._broker.promote_due(queue, PROMOTE_BATCH)
+                if r.moved < PROMOTE_BATCH:
+                    break
+            if r.next_due_ms >= 0:
+                sleep = min(sleep, max(0.0, (r.next_due_ms - r.now_ms) / 1000))
+        return sleep
+
+    async def _listen(self) -> None:
+        """Wake the loop when an entry earlier than any known is added (see ``announce_due``)."""
+        while True:
+            pubsub: PubSub | None = None
+            try:
+                pubsub = self._client.pubsub()
+                await pubsub.subscribe(self._channel)
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if msg and msg.get("type") == "message":
+                        queue = msg["data"].split(b" ", 1)[0].decode()
+                        self._queues.add(queue)
+                        self._wake.set()
+            except Exception as exc:
+                log.warning("scheduler wake-up subscription lost (%s); resubscribing", exc)
+                self._wake.set()
+                await anyio.sleep(0.5)
+            finally:
+                if pubsub is not None:
+                    with anyio.CancelScope(shield=True):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]

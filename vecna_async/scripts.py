@@ -1,0 +1,47 @@
+"""Lua scripts: read once from ``vecna_async/lua/``, run by SHA, reloaded when Redis lost them.
+
+Every script gets ``_lib.lua`` prepended. Redis may forget scripts (a restart, a failover, SCRIPT
+FLUSH); a ``NOSCRIPT`` reply loads the script again and repeats the call, which is safe because each
+script is idempotent for a repeated call (request ids, lease tokens) — the same property that makes
+redis-py's own retry after a timeout safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from vecna_async.connection import AnyRedis
+
+SCRIPT_NAMES = ("enqueue", "claim", "settle", "heartbeat", "promote", "watch", "requeue_dead")
+
+
+class Script:
+    """One Lua script with its SHA."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: AnyRedis, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+@cache
+def script(name: str) -> Script:
+    """The named script (``claim``, ``settle`` ...), read from the package once."""
+    lua = resources.files("vecna_async") / "lua"
+    lib = (lua / "_lib.lua").read_text()
+    body = (lua / f"{name}.lua").read_text()
+    return Script(name, f"{lib}\n-- {name}.lua\n{body}")

@@ -1,0 +1,128 @@
+"""The task registry and typed task handles.
+
+>>> registry = TaskRegistry()
+>>> async def add(*args: int) -> int:
+...     return sum(args)
+>>> registry.register("add", add).name
+'add'
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, get_type_hints
+
+from vecna_async.exceptions import DuplicateTask, TaskNotRegistered
+from vecna_async.keys import check_name
+from vecna_async.tasks.args import ArgSpec
+from vecna_async.tasks.signature import Signature
+
+if TYPE_CHECKING:
+    from vecna_async.backend.results import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+TaskFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEntry:
+    """A registered task: the function, whether to await it, and its argument spec."""
+
+    name: str
+    fn: TaskFunction
+    is_async: bool
+    arg_spec: ArgSpec
+
+
+class TaskRegistry:
+    """Task functions by name. Sync functions are allowed; the worker runs them in a thread."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, TaskEntry] = {}
+
+    def register(self, name: str, fn: TaskFunction) -> TaskEntry:
+        check_name("task name", name)
+        if not callable(fn):
+            raise TypeError(f"task {name!r}: expected a function, got {type(fn).__name__}")
+        existing = self._entries.get(name)
+        if existing is not None:
+            if existing.fn is fn:
+                return existing
+            raise DuplicateTask(f"task {name!r} is already registered to {existing.fn!r}")
+        entry = TaskEntry(name, fn, inspect.iscoroutinefunction(fn), ArgSpec(fn))
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> TaskEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise TaskNotRegistered(name, list(self._entries)) from None
+
+    def find(self, name: str) -> TaskEntry | None:
+        return self._entries.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class TaskSender(Protocol):
+    """What a TaskHandle needs from a Server (kept small so handles do not import the Server)."""
+
+    async def send_task(self, signature: Signature) -> AsyncResult[Any]: ...
+
+
+class TaskHandle(Generic[P, R]):
+    """A registered task you can call directly or send, with the arguments type-checked by mypy.
+
+    ``await handle.send(2, 3)`` sends it and returns ``AsyncResult[R]``; ``handle.signature(2, 3)``
+    builds a Signature for workflows; ``await handle(2, 3)`` just calls the function here.
+    """
+
+    def __init__(
+        self,
+        sender: TaskSender,
+        name: str,
+        fn: Callable[P, Awaitable[R]] | Callable[P, R],
+        options: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self._sender = sender
+        self._options = options
+        self._return_type = _return_type(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R] | R:
+        return self.fn(*args, **kwargs)
+
+    def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """A Signature of this task with these arguments and the decorator's options."""
+        return Signature(self.name, args=list(args), kwargs=dict(kwargs), **self._options)
+
+    async def send(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task; the result's ``get()`` converts the value to the return annotation."""
+        result = await self._sender.send_task(self.signature(*args, **kwargs))
+        return result.typed(self._return_type)
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.name!r} -> {self.fn!r}>"
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    try:
+        hint = get_type_hints(fn).get("return", Any)
+    except Exception:
+        return Any
+    return hint

@@ -1,0 +1,98 @@
+"""``Signature`` and ``Arg``: a task call as the user writes it.
+
+>>> sig = Signature("add", args=[Arg("int64", 1), Arg("int64", 1)], retry_count=3)
+>>> sig.name, sig.args[0].value
+('add', 1)
+
+A Signature is turned into the wire's ``TaskMessage`` when it is sent (``tasks.outgoing``), and back
+into a Signature when a user inspects pending tasks or an error handler receives one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from vecna_async.tasks.args import check_type_name
+
+
+@dataclasses.dataclass(slots=True)
+class Arg:
+    """A typed argument, as in the seed: ``Arg("int64", 1)``, ``Arg("[]string", ["a", "b"])``.
+
+    The worker checks ``value`` against ``type`` before the task runs (range, bool-vs-int,
+    string-vs-number, element types of slices) and fails the task with a clear error on a mismatch.
+    """
+
+    type: str
+    value: Any
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        check_type_name(self.type)
+
+
+@dataclasses.dataclass(slots=True)
+class Signature:
+    """A task call: the registered task ``name``, its arguments and execution options.
+
+    ``id`` and ``code`` are filled in when the signature is sent (``code`` defaults to the group id
+    inside a group, else the id). ``eta`` delays the task (a timezone-aware datetime; a naive one is
+    taken as UTC). ``retry_count`` retries a failing task with Fibonacci back-off (1, 2, 3, 5, 8 ...
+    seconds) unless ``retry_timeout`` (seconds) fixes the delay. ``on_success`` callbacks get this
+    task's results prepended to their args unless this signature is ``immutable``; ``on_error``
+    callbacks get the error string first. ``routing_key`` names the queue (default: the Server's
+    ``default_queue``); a higher ``priority`` is served first within a queue.
+    """
+
+    name: str
+    args: list[Any] = dataclasses.field(default_factory=list)
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eta: datetime | None = None
+    retry_count: int = 0
+    retry_timeout: int = 0
+    on_success: list[Signature] = dataclasses.field(default_factory=list)
+    on_error: list[Signature] = dataclasses.field(default_factory=list)
+    immutable: bool = False
+    routing_key: str = ""
+    priority: int = 0
+    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ignore_when_task_not_registered: bool = False
+    id: str | None = None
+    code: str | None = None
+    _: dataclasses.KW_ONLY
+    group_id: str = ""
+    group_task_count: int = 0
+    chord_callback: Signature | None = None
+    spec: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("Signature needs a task name")
+        if self.retry_count < 0 or self.retry_timeout < 0:
+            raise ValueError("retry_count and retry_timeout must be >= 0")
+
+    def copy(self) -> Signature:
+        """A deep copy (callbacks included), with ``id`` and ``code`` kept."""
+        return Signature(
+            self.name,
+            args=list(self.args),
+            kwargs=dict(self.kwargs),
+            eta=self.eta,
+            retry_count=self.retry_count,
+            retry_timeout=self.retry_timeout,
+            on_success=[s.copy() for s in self.on_success],
+            on_error=[s.copy() for s in self.on_error],
+            immutable=self.immutable,
+            routing_key=self.routing_key,
+            priority=self.priority,
+            headers=dict(self.headers),
+            ignore_when_task_not_registered=self.ignore_when_task_not_registered,
+            id=self.id,
+            code=self.code,
+            group_id=self.group_id,
+            group_task_count=self.group_task_count,
+            chord_callback=self.chord_callback.copy() if self.chord_callback else None,
+            spec=self.spec,
+        )

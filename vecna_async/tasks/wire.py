@@ -1,0 +1,141 @@
+"""Between the user's ``Signature`` and the wire's ``TaskMessage``.
+
+``prepare`` turns a Signature into a TaskMessage (ids, codes and queues filled in, recursively for
+callbacks, so a chain's last id is known when it is sent) and ``outgoing`` turns a TaskMessage into
+what the broker stores. ``to_signature`` goes back, for pending-task listings and error handlers.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from vecna_async.keys import check_name
+from vecna_async.messages import State, TaskMessage, TaskState, encode
+from vecna_async.tasks.signature import Arg, Signature
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One message ready for the broker's enqueue script."""
+
+    queue: str
+    id: str
+    name: str
+    body: bytes
+    priority: int
+    due_ms: int
+    ignore_unregistered: bool
+    reply_to: str
+    pending_state: bytes
+
+
+def eta_ms(eta: datetime | None) -> int:
+    """Epoch milliseconds of an ETA; a naive datetime is taken as UTC; None is 0 (now)."""
+    if eta is None:
+        return 0
+    if eta.tzinfo is None:
+        eta = eta.replace(tzinfo=UTC)
+    return int(eta.timestamp() * 1000)
+
+
+def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessage:
+    """Fill in ``sig.id``/``sig.code`` (as the seed does) and build its TaskMessage."""
+    if sig.id is None:
+        sig.id = new_id()
+    check_name("task id", sig.id)
+    if not sig.code:
+        sig.code = sig.group_id or sig.id
+    args: list[object] = []
+    arg_types: list[str] = []
+    for a in sig.args:
+        if isinstance(a, Arg):
+            args.append(a.value)
+            arg_types.append(a.type)
+        else:
+            args.append(a)
+            arg_types.append("")
+
+    def child(s: Signature) -> TaskMessage:
+        return prepare(s, default_queue, reply_to)
+
+    return TaskMessage(
+        id=sig.id,
+        name=sig.name,
+        queue=sig.routing_key or default_queue,
+        args=args,
+        arg_types=arg_types if any(arg_types) else [],
+        kwargs=sig.kwargs,
+        eta_ms=eta_ms(sig.eta),
+        retry_count=sig.retry_count,
+        retry_timeout=sig.retry_timeout,
+        on_success=[child(s) for s in sig.on_success],
+        on_error=[child(s) for s in sig.on_error],
+        chord_callback=child(sig.chord_callback) if sig.chord_callback else None,
+        group_id=sig.group_id,
+        group_task_count=sig.group_task_count,
+        immutable=sig.immutable,
+        priority=sig.priority,
+        headers=sig.headers,
+        ignore_when_task_not_registered=sig.ignore_when_task_not_registered,
+        code=sig.code,
+        spec=sig.spec,
+        reply_to=reply_to,
+    )
+
+
+def outgoing(msg: TaskMessage, max_bytes: int) -> Outgoing:
+    """Encode a message for the broker; refuse one over ``max_bytes`` before anything is sent."""
+    from vecna_async.exceptions import MessageTooLarge
+
+    body = encode(msg)
+    if len(body) > max_bytes:
+        raise MessageTooLarge(msg.name, len(body), max_bytes)
+    due = msg.eta_ms if msg.eta_ms > time.time() * 1000 else 0
+    pending = encode(TaskState(task_id=msg.id, state=State.PENDING, task_name=msg.name))
+    return Outgoing(
+        queue=msg.queue,
+        id=msg.id,
+        name=msg.name,
+        body=body,
+        priority=msg.priority,
+        due_ms=due,
+        ignore_unregistered=msg.ignore_when_task_not_registered,
+        reply_to=msg.reply_to,
+        pending_state=pending,
+    )
+
+
+def to_signature(msg: TaskMessage) -> Signature:
+    """The Signature a TaskMessage came from (typed args come back as ``Arg``)."""
+    args: list[object] = list(msg.args)
+    for i, t in enumerate(msg.arg_types):
+        if t and i < len(args):
+            args[i] = Arg(t, args[i])
+    return Signature(
+        msg.name,
+        args=args,
+        kwargs=dict(msg.kwargs),
+        eta=datetime.fromtimestamp(msg.eta_ms / 1000, UTC) if msg.eta_ms else None,
+        retry_count=msg.retry_count,
+        retry_timeout=msg.retry_timeout,
+        on_success=[to_signature(m) for m in msg.on_success],
+        on_error=[to_signature(m) for m in msg.on_error],
+        immutable=msg.immutable,
+        routing_key=msg.queue,
+        priority=msg.priority,
+        headers=dict(msg.headers),
+        ignore_when_task_not_registered=msg.ignore_when_task_not_registered,
+        id=msg.id,
+        code=msg.code,
+        group_id=msg.group_id,
+        group_task_count=msg.group_task_count,
+        chord_callback=to_signature(msg.chord_callback) if msg.chord_callback else None,
+        spec=msg.spec,
+    )

@@ -1,0 +1,185 @@
+"""Runs one claimed message: decode, check arguments, call the task, decide the outcome.
+
+The outcome goes to the Flusher, never straight to Redis: success (final state + follow-up
+messages: ``on_success`` callbacks with the results prepended, the next chain link with them
+appended), a retry (Fibonacci back-off or ``RetryTaskLater``), a failure (final state +
+``on_error`` callbacks with the error string first, then the worker's error handler), or a dead
+letter when the message itself is unusable. Nothing a task does can stop the worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+
+from vecna_async.broker.base import Claimed
+from vecna_async.exceptions import (
+    ArgumentTypeError,
+    ResultEncodeError,
+    RetryTaskLater,
+    TaskNotRegistered,
+)
+from vecna_async.messages import State, TaskMessage, TaskState, decode_task, encode
+from vecna_async.tasks.args import coerce_typed_arg
+from vecna_async.tasks.registry import TaskEntry, TaskRegistry
+from vecna_async.tasks.signature import Signature
+from vecna_async.tasks.wire import Outgoing, outgoing, to_signature
+from vecna_async.worker.flusher import Flusher
+
+log = logging.getLogger("vecna_async.worker")
+ErrorHandler = Callable[[Signature, BaseException], Any]
+TRACEBACK_LIMIT = 8192
+
+
+def fibonacci_delay(attempt: int) -> int:
+    """Seconds before retry number ``attempt`` (0-based): 1, 2, 3, 5, 8, ... (the seed's)."""
+    a, b = 1, 2
+    for _ in range(attempt):
+        a, b = b, a + b
+    return a
+
+
+def error_string(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Executor:
+    """Turns a claimed message into an outcome for the flusher."""
+
+    def __init__(self, registry: TaskRegistry, flusher: Flusher, max_message_bytes: int) -> None:
+        self._registry = registry
+        self._flusher = flusher
+        self._max_bytes = max_message_bytes
+        self.error_handler: ErrorHandler | None = None
+
+    async def run(self, c: Claimed) -> None:
+        try:
+            msg = decode_task(c.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reason = f"malformed message (cannot decode it: {exc})"
+            log.error("task %s in queue %r dead-lettered: %s", c.id, c.queue, reason)
+            self._flusher.dead(c, reason, self._final(c.id, "", State.FAILURE, error=reason))
+            return
+        entry = None if c.unregistered else self._registry.find(msg.name)
+        try:
+            if entry is None:
+                raise TaskNotRegistered(msg.name, self._registry.names)
+            self._flusher.started(c, msg.name)
+            value = await self._call(entry, msg)
+            results = list(value) if isinstance(value, tuple) else [value]
+            try:
+                state = encode(
+                    TaskState(
+                        task_id=msg.id, state=State.SUCCESS, task_name=msg.name, results=results
+                    )
+                )
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise ResultEncodeError(
+                    f"task {msg.name!r} returned {type(value).__name__}, "
+                    f"which JSON cannot carry: {exc}"
+                ) from exc
+        except RetryTaskLater as exc:
+            self._retry(c, msg, exc, int(exc.delay * 1000), counts=False)
+        except anyio.get_cancelled_exc_class():
+            self._flusher.release(c)  # worker stopping: hand the message back, not a failure
+            raise
+        except Exception as exc:
+            if _retryable(exc) and msg.attempts < msg.retry_count:
+                delay = msg.retry_timeout or fibonacci_delay(msg.attempts)
+                self._retry(c, msg, exc, delay * 1000, counts=True)
+            else:
+                await self._fail(c, msg, exc)
+        else:
+            follow = self._on_success(msg, results)
+            self._flusher.done(c, state, follow, msg.reply_to)
+
+    async def _call(self, entry: TaskEntry, msg: TaskMessage) -> Any:
+        args = msg.args
+        if msg.arg_types:
+            args = [
+                coerce_typed_arg(msg.name, i, t, v) if t else v
+                for i, (t, v) in enumerate(
+                    zip(_padded(msg.arg_types, len(args)), args, strict=True)
+                )
+            ]
+        args, kwargs = entry.arg_spec.convert(msg.name, args, msg.kwargs)
+        if entry.is_async:
+            return await entry.fn(*args, **kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(entry.fn, *args, **kwargs))
+
+    def _retry(
+        self, c: Claimed, msg: TaskMessage, exc: BaseException, delay_ms: int, *, counts: bool
+    ) -> None:
+        attempts = msg.attempts + 1 if counts else msg.attempts
+        body = encode(msgspec.structs.replace(msg, attempts=attempts))
+        state = self._final(msg.id, msg.name, State.RETRY, error=error_string(exc))
+        log.info("task %s (%s) retrying in %.3fs: %s", msg.name, msg.id, delay_ms / 1000, exc)
+        self._flusher.retry(c, state, body, delay_ms)
+
+    async def _fail(self, c: Claimed, msg: TaskMessage, exc: BaseException) -> None:
+        err = error_string(exc)
+        tb = "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]
+        log.warning("task %s (%s) failed: %s", msg.name, msg.id, err)
+        state = self._final(msg.id, msg.name, State.FAILURE, error=err, tb=tb)
+        follow = [self._out(cb, [err], prepend=True) for cb in msg.on_error]
+        self._flusher.done(c, state, [m for m in follow if m is not None], msg.reply_to)
+        await self._call_error_handler(msg, exc)
+
+    async def _call_error_handler(self, msg: TaskMessage, exc: BaseException) -> None:
+        if self.error_handler is None:
+            return
+        try:
+            ret = self.error_handler(to_signature(msg), exc)
+            if inspect.isawaitable(ret):
+                await ret
+        except Exception:
+            log.exception("the worker's error handler raised for task %s (%s)", msg.name, msg.id)
+
+    def _on_success(self, msg: TaskMessage, results: list[Any]) -> list[Outgoing]:
+        follow: list[Outgoing | None] = []
+        for cb in msg.on_success:
+            passes = not (msg.immutable or cb.immutable)
+            follow.append(self._out(cb, results if passes else [], prepend=True))
+        if msg.chain_next is not None:
+            nxt = msg.chain_next
+            passes = not (msg.immutable or nxt.immutable)
+            follow.append(self._out(nxt, results if passes else [], prepend=False))
+        return [m for m in follow if m is not None]
+
+    def _out(self, cb: TaskMessage, values: list[Any], *, prepend: bool) -> Outgoing | None:
+        """A follow-up message with ``values`` added to its args; None (logged) if it is too big."""
+        if values:
+            types = _padded(cb.arg_types, len(cb.args))
+            new = [""] * len(values)
+            cb = msgspec.structs.replace(
+                cb,
+                args=[*values, *cb.args] if prepend else [*cb.args, *values],
+                arg_types=([*new, *types] if prepend else [*types, *new]) if cb.arg_types else [],
+            )
+        try:
+            return outgoing(cb, self._max_bytes)
+        except Exception as exc:
+            log.error("follow-up task %s (%s) not sent: %s", cb.name, cb.id, exc)
+            return None
+
+    @staticmethod
+    def _final(task_id: str, name: str, state: State, *, error: str = "", tb: str = "") -> bytes:
+        return encode(
+            TaskState(task_id=task_id, state=state, task_name=name, error=error, traceback=tb)
+        )
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Retrying cannot fix a bad argument, an unknown task or an unencodable result."""
+    return not isinstance(exc, ArgumentTypeError | TaskNotRegistered | ResultEncodeError)
+
+
+def _padded(types: list[str], n: int) -> list[str]:
+    return types + [""] * (n - len(types)) if len(types) < n else types[:n]

@@ -1,0 +1,142 @@
+"""The worker's lifecycle: start its parts, run until asked to stop, then stop without losing work.
+
+Parts (each its own module): the Consumer claims messages for free slots, the Executor runs each,
+the Flusher settles outcomes in batches, the Heartbeat renews leases, and (unless disabled) a
+Scheduler promotes due delayed entries. Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
+``launch()``): claim nothing more, let running tasks finish for up to ``Config.shutdown_grace``
+seconds, then cancel the rest and hand their messages back to the queue at once, so no message
+waits for a lease to expire. A second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+import anyio
+
+from vecna_async.worker.consumer import Consumer
+from vecna_async.worker.executor import ErrorHandler, Executor
+from vecna_async.worker.flusher import Flusher
+from vecna_async.worker.heartbeat import Heartbeat, InFlight
+
+if TYPE_CHECKING:
+    from vecna_async.server import Server
+
+log = logging.getLogger("vecna_async.worker")
+UNLIMITED = 1_000_000_000
+DRAIN_SECONDS = 10.0
+
+
+class Worker:
+    """Consumes one queue with at most ``concurrency`` tasks at once (0 = unlimited).
+
+    >>> # worker = server.new_worker("emails", concurrency=10)
+    >>> # await worker.launch()      # until worker.quit(), SIGTERM/SIGINT or cancellation
+    """
+
+    def __init__(
+        self, server: Server, name: str, concurrency: int, queue: str, run_scheduler: bool
+    ) -> None:
+        if concurrency < 0:
+            raise ValueError(f"concurrency must be >= 0 (0 = unlimited), got {concurrency}")
+        self.name = name
+        self.concurrency = concurrency
+        self.queue = queue
+        self.run_scheduler = run_scheduler
+        self._server = server
+        self._error_handler: ErrorHandler | None = None
+        self._consumer: Consumer | None = None
+        self._quit_requested = False
+        self._tasks_scope: anyio.CancelScope | None = None
+        self._signals = 0
+
+    def set_error_handler(self, handler: ErrorHandler) -> None:
+        """Call ``handler(signature, exc)`` when a task fails for good (sync or async)."""
+        self._error_handler = handler
+
+    def quit(self) -> None:
+        """Ask the worker to stop (returns at once; ``launch()`` returns when it has drained)."""
+        self._quit_requested = True
+        if self._consumer is not None:
+            self._consumer.stop()
+
+    async def launch(self) -> None:
+        """Run until ``quit()``, a signal, or cancellation; then drain gracefully."""
+        server = self._server
+        async with server.connection() as rt:
+            registry = server.registry
+            if not len(registry):
+                log.warning("worker %s has no registered tasks: it will claim nothing", self.name)
+            in_flight = InFlight()
+            flusher = Flusher(
+                rt.broker, rt.backend if rt.separate_backend else None, in_flight.forget
+            )
+            executor = Executor(registry, flusher, rt.config.redis.max_message_bytes)
+            executor.error_handler = self._error_handler
+            slots = anyio.Semaphore(self.concurrency or UNLIMITED)
+            r = rt.config.redis
+            consumer = Consumer(
+                rt.broker,
+                self.queue,
+                registry.names,
+                slots,
+                in_flight,
+                executor.run,
+                claim_batch=min(r.claim_batch, self.concurrency or r.claim_batch),
+                poll_seconds=r.normal_tasks_poll_period / 1000,
+            )
+            self._consumer = consumer
+            if self._quit_requested:
+                consumer.stop()
+            log.info(
+                "worker %s: queue %r, concurrency %s, tasks: %s",
+                self.name,
+                self.queue,
+                self.concurrency or "unlimited",
+                ", ".join(registry.names),
+            )
+            async with anyio.create_task_group() as services:
+                services.start_soon(flusher.run)
+                services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
+                if self.run_scheduler:
+                    services.start_soon(server.new_scheduler([self.queue]).run)
+                if threading.current_thread() is threading.main_thread():
+                    services.start_soon(self._watch_signals)
+                try:
+                    await self._consume(consumer, in_flight, rt.config.shutdown_grace)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        if not await flusher.drain(DRAIN_SECONDS):
+                            log.error(
+                                "worker %s stopped with outcomes it could not settle", self.name
+                            )
+                    services.cancel_scope.cancel()
+            log.info("worker %s stopped", self.name)
+
+    async def _consume(self, consumer: Consumer, in_flight: InFlight, grace: float) -> None:
+        async with anyio.create_task_group() as tasks:
+            self._tasks_scope = tasks.cancel_scope
+            await consumer.run(tasks)
+            running = len(in_flight)
+            if running:
+                log.info("worker %s: waiting up to %.0fs for %d task(s)", self.name, grace, running)
+            with anyio.move_on_after(grace):
+                await in_flight.wait_empty()
+            tasks.cancel_scope.cancel()  # what is still running is handed back (Executor.run)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self._signals += 1
+                if self._signals == 1:
+                    log.info(
+                        "worker %s: %s, stopping gracefully", self.name, signal.Signals(signum).name
+                    )
+                    self.quit()
+                else:
+                    log.warning("worker %s: second signal, handing running tasks back", self.name)
+                    if self._tasks_scope is not None:
+                        self._tasks_scope.cancel()
