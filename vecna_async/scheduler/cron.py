@@ -27,9 +27,8 @@ _DESCRIPTORS = {
 }
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
-_DAYS = {
-    name: number for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
-}
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_DAYS = {name: number for number, name in enumerate(_DAY_NAMES)}
 # (name, low, high, names) in 6-field order; a 5-field spec starts at the minute.
 _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("second", 0, 59, {}),
@@ -51,9 +50,7 @@ def _check_field(spec: str, text: str, field: tuple[str, int, int, dict[str, int
     name, low, high, names = field
     for item in text.split(","):
         if _EXTENSION.fullmatch(item):
-            reason = (
-                f"{name} field {item!r} uses the L, W, # or H extension, which is not supported"
-            )
+            reason = f"{name} field {item!r}: the L, W, # and H forms are not supported"
             raise InvalidCronSpec(spec, reason)
         match = _ITEM.fullmatch(item)
         if match is None:
@@ -71,13 +68,11 @@ def _check_field(spec: str, text: str, field: tuple[str, int, int, dict[str, int
                 raise InvalidCronSpec(spec, f"{name} field {raw!r} is out of range {low}-{high}")
             values.append(value)
         if len(values) == 2 and values[0] > values[1]:
-            raise InvalidCronSpec(
-                spec, f"{name} field range {item!r} runs backwards; use two ranges"
-            )
+            reason = f"{name} field range {item!r} runs backwards; split it in two"
+            raise InvalidCronSpec(spec, reason)
         if match["step"] is not None and not 0 < int(match["step"]) <= high - low:
-            raise InvalidCronSpec(
-                spec, f"{name} field step in {item!r} must be between 1 and {high - low}"
-            )
+            reason = f"{name} field step in {item!r} must be between 1 and {high - low}"
+            raise InvalidCronSpec(spec, reason)
 
 
 class CronSchedule:
@@ -113,13 +108,14 @@ class CronSchedule:
             reason = f"unknown time zone {self._tz!r}; expected an IANA name like 'Europe/Paris'"
             raise InvalidCronSpec(self._spec, reason) from None
         try:
+            # The start time only carries the zone: every call passes its own.
             self._template = croniter(
                 " ".join(fields),
                 datetime(2000, 1, 1, tzinfo=self._zone),
                 second_at_beginning=len(fields) == 6,
             )
-            # Only a day-of-month no listed month has (30 2) gets past the grammar check and
-            # still never matches; croniter would say so on the first call, so ask it now.
+            # A day that none of the listed months has (30 in February) passes the grammar
+            # check but never matches; croniter only finds out when asked for a time.
             self._template.get_next(float, update_current=False)
         except CroniterBadDateError:
             dom, month = fields[-3], fields[-2]
