@@ -4,7 +4,7 @@ The public surface, re-exported; see the README for a tour and ``vecna_async.exc
 error tree.
 """
 
-from vecna_async.backend.results import AsyncResult
+from vecna_async.backend.results import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from vecna_async.config import Config, RedisConfig
 from vecna_async.exceptions import (
     ArgumentTypeError,
@@ -23,6 +23,7 @@ from vecna_async.messages import DeadLetter, State, TaskState
 from vecna_async.server import Server
 from vecna_async.tasks.registry import TaskHandle
 from vecna_async.tasks.signature import Arg, Signature
+from vecna_async.tasks.workflows import Chain, Chord, Group
 from vecna_async.worker.worker import Worker
 
 __all__ = [
@@ -30,9 +31,14 @@ __all__ = [
     "ArgumentTypeError",
     "AsyncResult",
     "BrokerUnavailable",
+    "Chain",
+    "ChainAsyncResult",
+    "Chord",
+    "ChordAsyncResult",
     "Config",
     "ConfigError",
     "DeadLetter",
+    "Group",
     "InvalidCronSpec",
     "MessageTooLarge",
     "RedisConfig",

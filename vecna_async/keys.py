@@ -17,6 +17,8 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:{q}:parked:<name>  ZSET  parked ids of that task name, with their order score
     vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim call (redis-py retries)
     vecna:{q}:x:<id>         STR   cancel tombstone: the id must never run
+    vecna:{q}:g:<group id>   HASH  chord member index -> its results (q: the callback's queue)
+    vecna:{q}:g:<gid>:fired  STR   set once when the chord callback was sent (or "failed")
     vecna:queues             SET   every queue that ever held a delayed entry (for schedulers)
     vecna:{periodic}:defs    HASH  code -> periodic definition
     vecna:{periodic}:next    ZSET  code -> next fire time (epoch ms)
@@ -49,7 +51,8 @@ def check_name(kind: str, value: str) -> str:
 
 
 class QueueKeys(NamedTuple):
-    """The keys of one queue, in the order every Lua script receives them as ``KEYS``."""
+    """The keys of one queue, in the order every Lua script receives them as ``KEYS``
+    (``lua/_lib.lua``'s ``queue_keys`` reads them back by position)."""
 
     ready: str
     delayed: str
@@ -63,6 +66,7 @@ class QueueKeys(NamedTuple):
     parked_prefix: str
     request_prefix: str
     tombstone_prefix: str
+    chord_prefix: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
@@ -72,6 +76,12 @@ class QueueKeys(NamedTuple):
 
     def tombstone(self, task_id: str) -> str:
         return self.tombstone_prefix + task_id
+
+    def chord_results(self, group_id: str) -> str:
+        return self.chord_prefix + group_id
+
+    def chord_fired(self, group_id: str) -> str:
+        return self.chord_results(group_id) + ":fired"
 
 
 class Keys:
@@ -110,4 +120,5 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         parked_prefix=base + "parked:",
         request_prefix=base + "req:",
         tombstone_prefix=base + "x:",
+        chord_prefix=base + "g:",
     )

@@ -59,6 +59,7 @@ class TaskMessage(
     chain_next: TaskMessage | None = None
     group_id: str = ""
     group_task_count: int = 0
+    group_index: int = 0
     immutable: bool = False
     priority: int = 0
     headers: dict[str, Any] = {}
@@ -102,6 +103,22 @@ class TaskState(msgspec.Struct, omit_defaults=True, kw_only=True):
         return tuple(results) if results else None
 
 
+class PeriodicDefinition(msgspec.Struct, tag_field="v", tag=FORMAT_VERSION, kw_only=True):
+    """A periodic task, group, chain or chord as stored in Redis under its ``code``.
+
+    ``tasks`` are templates: every firing gets fresh ids derived from (code, tick), so a tick
+    fired by two schedulers enqueues the same ids and is deduplicated.
+    """
+
+    code: str
+    spec: str
+    tz: str
+    kind: str  # "task", "group", "chain" or "chord"
+    tasks: list[TaskMessage]
+    callback: TaskMessage | None = None
+    concurrency: int = 0
+
+
 class DeadLetter(msgspec.Struct, frozen=True):
     """A message a worker gave up on, with why. ``body`` is the raw stored message."""
 
@@ -114,6 +131,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
 encode = msgspec.json.Encoder().encode
 task_decoder = msgspec.json.Decoder(TaskMessage)
+periodic_decoder = msgspec.json.Decoder(PeriodicDefinition)
 state_decoder = msgspec.json.Decoder(TaskState)
 
 

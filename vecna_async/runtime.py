@@ -14,6 +14,7 @@ from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
 from vecna_async.connection import RedisClients, open_clients, parse_url
 from vecna_async.keys import Keys
+from vecna_async.scheduler.periodic import PeriodicStore
 
 
 @dataclass
@@ -26,7 +27,9 @@ class Runtime:
     backend: RedisBackend
     listener: ResultListener
     results: ResultSource
+    periodic: PeriodicStore
     separate_backend: bool
+    cluster: bool
 
     async def close(self) -> None:
         await self.listener.close()
@@ -63,5 +66,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         backend=backend,
         listener=listener,
         results=ResultSource(backend, listener),
+        periodic=PeriodicStore(broker_clients.main, keys, broker, r.max_message_bytes),
         separate_backend=separate,
+        cluster=broker_target.kind == "cluster",
     )

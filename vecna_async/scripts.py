@@ -17,7 +17,16 @@ from redis.exceptions import NoScriptError
 
 from vecna_async.connection import AnyRedis
 
-SCRIPT_NAMES = ("enqueue", "claim", "settle", "heartbeat", "promote", "watch", "requeue_dead")
+SCRIPT_NAMES = (
+    "enqueue",
+    "claim",
+    "settle",
+    "heartbeat",
+    "promote",
+    "watch",
+    "requeue_dead",
+    "cancel",
+)
 
 
 class Script:

@@ -21,15 +21,18 @@ from typing import Any, ParamSpec, TypeVar, overload
 import anyio
 
 from vecna_async.backend.redis import RedisBackend
-from vecna_async.backend.results import AsyncResult
+from vecna_async.backend.results import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
 from vecna_async.keys import Keys
+from vecna_async.messages import PeriodicDefinition, TaskMessage
 from vecna_async.runtime import Runtime, open_runtime
+from vecna_async.scheduler.periodic import schedule
 from vecna_async.scheduler.scheduler import Scheduler
 from vecna_async.tasks.registry import TaskEntry, TaskFunction, TaskHandle, TaskRegistry
 from vecna_async.tasks.signature import Signature
-from vecna_async.tasks.wire import outgoing, prepare
+from vecna_async.tasks.wire import prepare, prepare_chain, prepare_chord, publish, walk
+from vecna_async.tasks.workflows import Chain, Chord, Group
 from vecna_async.worker.worker import Worker
 
 P = ParamSpec("P")
@@ -129,6 +132,23 @@ class Server:
         return register(fn) if fn is not None else register
 
     # -- sending -------------------------------------------------------------------------------
+    def _prepare(self, sig: Signature) -> TaskMessage:
+        return prepare(sig, self.config.default_queue, self._runtime().backend.reply_channel)
+
+    async def _publish(self, messages: list[TaskMessage], concurrency: int = 0) -> None:
+        rt = self._runtime()
+        if rt.cluster and len({m.queue for m in walk(messages)}) > 1:
+            raise ValueError(
+                "on Redis Cluster, the tasks and callbacks of one send must share one queue "
+                "(one hash slot): set the same routing_key on all of them"
+            )
+        await publish(
+            rt.broker, messages, self.config.redis.max_message_bytes, concurrency=concurrency
+        )
+
+    def _result(self, msg: TaskMessage, sig: Signature | None = None) -> AsyncResult[Any]:
+        return AsyncResult(self._runtime().results, msg.id, msg.queue, sig)
+
     async def send_task(self, signature: Signature) -> AsyncResult[Any]:
         """Send one task; returns its AsyncResult. Raises BrokerUnavailable if Redis is down,
         MessageTooLarge for an oversized message (nothing is sent then)."""
@@ -137,17 +157,128 @@ class Server:
 
     async def send_tasks(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
         """Send many tasks in one round trip per queue (all encoded and checked first)."""
-        rt = self._runtime()
-        channel = rt.backend.reply_channel
-        max_bytes = self.config.redis.max_message_bytes
         sigs = list(signatures)
-        msgs = [prepare(s, self.config.default_queue, channel) for s in sigs]
-        await rt.broker.publish([outgoing(m, max_bytes) for m in msgs])
-        return [AsyncResult(rt.results, m.id, m.queue, s) for s, m in zip(sigs, msgs, strict=True)]
+        msgs = [self._prepare(s) for s in sigs]
+        await self._publish(msgs)
+        return [self._result(m, s) for s, m in zip(sigs, msgs, strict=True)]
+
+    async def send_group(self, group: Group, concurrency: int = 0) -> list[AsyncResult[Any]]:
+        """Send a group's tasks, ``concurrency`` per round trip (0: all at once)."""
+        msgs = [self._prepare(s) for s in group.tasks]
+        await self._publish(msgs, concurrency)
+        return [self._result(m, s) for s, m in zip(group.tasks, msgs, strict=True)]
+
+    async def send_chain(self, chain: Chain) -> ChainAsyncResult:
+        """Send a chain: its first task now, each next one when the previous succeeds."""
+        head = prepare_chain(
+            chain, self.config.default_queue, self._runtime().backend.reply_channel
+        )
+        await self._publish([head])
+        links = [m for m in walk([head]) if m.id in {s.id for s in chain.tasks}]
+        return ChainAsyncResult(
+            [self._result(m, s) for s, m in zip(chain.tasks, links, strict=True)]
+        )
+
+    async def send_chord(self, chord: Chord, concurrency: int = 0) -> ChordAsyncResult:
+        """Send a chord's group; the callback follows once, when the last member succeeds."""
+        rt = self._runtime()
+        members = prepare_chord(chord, self.config.default_queue, rt.backend.reply_channel)
+        await self._publish(members, concurrency)
+        callback = members[0].chord_callback
+        assert callback is not None
+        return ChordAsyncResult(
+            [self._result(m, s) for s, m in zip(chord.group.tasks, members, strict=True)],
+            self._result(callback, chord.callback),
+        )
 
     def result(self, task_id: str, queue: str | None = None) -> AsyncResult[Any]:
         """An AsyncResult for a task id sent elsewhere (queue defaults to ``default_queue``)."""
         return AsyncResult(self._runtime().results, task_id, queue or self.config.default_queue)
+
+    # -- canceling delayed tasks ---------------------------------------------------------------
+    async def _cancel(self, sigs: Iterable[Signature]) -> bool:
+        by_queue: dict[str, list[str]] = {}
+        for sig in sigs:
+            if sig.id is None:
+                raise ValueError(f"task {sig.name!r} was never sent: it has no id to cancel")
+            by_queue.setdefault(sig.routing_key or self.config.default_queue, []).append(sig.id)
+        canceled = True
+        for queue, ids in by_queue.items():
+            canceled &= all(await self._runtime().broker.cancel(queue, ids))
+        return canceled
+
+    async def cancel_delayed_task(self, signature: Signature) -> bool:
+        """Cancel a task that has not started: it never runs and its state becomes CANCELED.
+        Returns False if a worker had already started it."""
+        return await self._cancel([signature])
+
+    async def cancel_delayed_group(self, group: Group) -> bool:
+        return await self._cancel(group.tasks)
+
+    async def cancel_delayed_chain(self, chain: Chain) -> bool:
+        return await self._cancel(chain.tasks)
+
+    async def cancel_delayed_chord(self, chord: Chord) -> bool:
+        return await self._cancel([*chord.group.tasks, chord.callback])
+
+    # -- periodic tasks --------------------------------------------------------------------------
+    async def _send_periodic(
+        self,
+        spec: str,
+        kind: str,
+        tasks: list[TaskMessage],
+        code: str,
+        tz: str | None,
+        callback: TaskMessage | None = None,
+        concurrency: int = 0,
+    ) -> str:
+        sched = schedule(spec.strip(), tz or "UTC")  # raises InvalidCronSpec naming the spec
+        rt = self._runtime()
+        if (
+            rt.cluster
+            and len({m.queue for m in walk([*tasks, *([callback] if callback else [])])}) > 1
+        ):
+            raise ValueError("on Redis Cluster, a periodic workflow's tasks must share one queue")
+        definition = PeriodicDefinition(
+            code=code, spec=sched.spec, tz=sched.tz, kind=kind, tasks=tasks,
+            callback=callback, concurrency=concurrency,
+        )  # fmt: skip
+        await rt.periodic.add(definition)
+        return code
+
+    async def send_periodic_task(
+        self, spec: str, signature: Signature, *, tz: str | None = None
+    ) -> str:
+        """Run ``signature`` on a cron ``spec`` (5 fields, or 6 with seconds first; ``?`` = ``*``;
+        ``@hourly``...) in time zone ``tz`` (default UTC). Stored in Redis: it survives restarts
+        and fires exactly once per tick however many schedulers run. Returns the code to cancel
+        it with (also set on ``signature.code``)."""
+        msg = self._prepare(signature)
+        return await self._send_periodic(spec, "task", [msg], msg.code, tz)
+
+    async def send_periodic_group(
+        self, spec: str, group: Group, concurrency: int = 0, *, tz: str | None = None
+    ) -> str:
+        msgs = [self._prepare(s) for s in group.tasks]
+        return await self._send_periodic(spec, "group", msgs, group.group_id, tz, None, concurrency)
+
+    async def send_periodic_chain(self, spec: str, chain: Chain, *, tz: str | None = None) -> str:
+        head = prepare_chain(
+            chain, self.config.default_queue, self._runtime().backend.reply_channel
+        )
+        return await self._send_periodic(spec, "chain", [head], head.code, tz)
+
+    async def send_periodic_chord(
+        self, spec: str, chord: Chord, concurrency: int = 0, *, tz: str | None = None
+    ) -> str:
+        members = [self._prepare(s) for s in chord.group.tasks]
+        callback = self._prepare(chord.callback)
+        code = chord.group.group_id
+        return await self._send_periodic(spec, "chord", members, code, tz, callback, concurrency)
+
+    async def cancel_periodic_task(self, code: str) -> bool:
+        """Stop a periodic task, group, chain or chord by its code; True if it existed."""
+        return await self._runtime().periodic.cancel(code)
 
     # -- workers and schedulers ----------------------------------------------------------------
     def new_worker(
@@ -167,6 +298,7 @@ class Server:
         rt = self._runtime()
         return Scheduler(
             rt.broker,
+            rt.periodic,
             rt.broker_clients.main,
             self.keys.sched_channel,
             {self.config.default_queue, *queues},

@@ -206,3 +206,38 @@ class AsyncResult(Generic[T]):
 
 def _state_name(state: TaskState | None) -> str | None:
     return state.state.value if state is not None else None
+
+
+class ChainAsyncResult:
+    """The results of a chain: ``get()`` waits for the last task (a failure earlier in the chain
+    ends it: the last task's state then says which task failed and why)."""
+
+    def __init__(self, results: list[AsyncResult[Any]]) -> None:
+        self.results = results
+
+    async def get(self, timeout: float | None = None) -> Any:
+        return await self.results[-1].get(timeout)
+
+    async def get_state(self) -> TaskState | None:
+        return await self.results[-1].get_state()
+
+    def __repr__(self) -> str:
+        return f"<ChainAsyncResult {[r.task_id for r in self.results]}>"
+
+
+class ChordAsyncResult:
+    """The results of a chord: ``get()`` waits for the callback; ``group_results`` are the
+    members'. If a member fails for good, the callback's state is FAILURE saying which."""
+
+    def __init__(self, group_results: list[AsyncResult[Any]], callback: AsyncResult[Any]) -> None:
+        self.group_results = group_results
+        self.callback = callback
+
+    async def get(self, timeout: float | None = None) -> Any:
+        return await self.callback.get(timeout)
+
+    async def get_state(self) -> TaskState | None:
+        return await self.callback.get_state()
+
+    def __repr__(self) -> str:
+        return f"<ChordAsyncResult callback={self.callback.task_id}>"

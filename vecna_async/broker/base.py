@@ -38,12 +38,60 @@ class Promoted:
 
 
 @dataclass(slots=True)
+class ExtraState:
+    """A state to store along with an outcome (e.g. the later links of a chain that stopped)."""
+
+    queue: str
+    task_id: str
+    state: bytes
+    reply_to: str
+
+
+@dataclass(slots=True)
+class ChordSuccess:
+    """A chord member succeeded: record its results; the last one sends the callback.
+
+    ``callback`` is the callback message with its body split where the members' results go
+    (``body_prefix`` + results joined by commas + ``body_suffix``).
+    """
+
+    group_key: str
+    fired_key: str
+    index: int
+    count: int
+    results: bytes
+    callback: Outgoing
+    body_prefix: bytes
+    body_suffix: bytes
+
+
+@dataclass(slots=True)
+class ChordFailure:
+    """A chord member failed for good: the callback is never sent; its state says why."""
+
+    fired_key: str
+    callback: ExtraState
+
+
+@dataclass(slots=True)
+class Done:
+    """A message finished (success or final failure): ack it, store its state, send follow-ups."""
+
+    task_id: str
+    token: str
+    state: bytes
+    follow_ups: list[Outgoing] = field(default_factory=list)
+    extra_states: list[ExtraState] = field(default_factory=list)
+    chord: ChordSuccess | ChordFailure | None = None
+
+
+@dataclass(slots=True)
 class SettleBatch:
     """Outcomes of one queue's messages, applied in one call, each fenced by its lease token."""
 
     queue: str
     started: list[tuple[str, str]] = field(default_factory=list)
-    done: list[tuple[str, str, bytes, list[Outgoing]]] = field(default_factory=list)
+    done: list[Done] = field(default_factory=list)
     retry: list[tuple[str, str, bytes, bytes, int]] = field(default_factory=list)
     dead: list[tuple[str, str, str, bytes]] = field(default_factory=list)
     release: list[tuple[str, str]] = field(default_factory=list)
@@ -61,8 +109,11 @@ class SettleBatch:
 class Broker(Protocol):
     """The queue side of vecna_async. ``RedisBroker`` implements it."""
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Enqueue messages (ready, or delayed when ``due_ms`` is in the future)."""
+    async def publish(
+        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 300
+    ) -> None:
+        """Enqueue messages (ready, or delayed when ``due_ms`` is in the future). A repeated
+        ``request_id`` within ``request_ttl`` seconds is a no-op (per queue)."""
 
     async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
         """Claim up to ``max_n`` messages of the given task names, each with a fresh lease."""
@@ -87,6 +138,9 @@ class Broker(Protocol):
 
     async def get_dead_letters(self, queue: str) -> list[DeadLetter]:
         """Messages given up on in ``queue``, oldest first, with the reason."""
+
+    async def cancel(self, queue: str, task_ids: Sequence[str]) -> list[bool]:
+        """Cancel tasks that have not started; True per id that will never run."""
 
     async def requeue_dead_letter(self, queue: str, task_id: str) -> bool:
         """Put a dead-lettered message back to ready with a fresh delivery count."""

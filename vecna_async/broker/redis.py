@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,7 +13,7 @@ import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from vecna_async.broker.base import Claimed, Promoted, SettleBatch
+from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Promoted, SettleBatch
 from vecna_async.config import Config
 from vecna_async.connection import RedisClients, raw, text
 from vecna_async.exceptions import BrokerUnavailable
@@ -52,13 +52,27 @@ def _follow_args(qi: int, m: Outgoing) -> list[Any]:
     ]
 
 
+def _chord_args(chord: ChordSuccess | ChordFailure | None, qi: Callable[[str], int]) -> list[Any]:
+    if chord is None:
+        return ["-"]
+    if isinstance(chord, ChordFailure):
+        cb = chord.callback
+        return ["F", chord.fired_key, qi(cb.queue), cb.task_id, cb.state, cb.reply_to]
+    m = chord.callback
+    return [
+        "S", chord.group_key, chord.fired_key, chord.index, chord.count, chord.results,
+        qi(m.queue), m.id, m.name, chord.body_prefix, chord.body_suffix, m.priority, m.due_ms,
+        int(m.ignore_unregistered), m.reply_to, m.pending_state,
+    ]  # fmt: skip
+
+
 class RedisBroker:
     """Queues in Redis with at-least-once delivery (leases, fencing tokens, dead letters)."""
 
     def __init__(self, clients: RedisClients, keys: Keys, config: Config, write_states: bool):
         self._main = clients.main
         self._blocking = clients.blocking
-        self._where = clients.target.describe()
+        self.where = clients.target.describe()
         self._keys = keys
         self._config = config
         self._write_states = write_states
@@ -72,13 +86,16 @@ class RedisBroker:
     def _meta(self, queue: str) -> list[Any]:
         return [queue, self._keys.sched_channel]
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
+    async def publish(
+        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 300
+    ) -> None:
         by_queue: dict[str, list[Outgoing]] = defaultdict(list)
         for m in messages:
             by_queue[m.queue].append(m)
-        async with unavailable_as(self._where):
+        request_id = request_id or uuid.uuid4().hex
+        async with unavailable_as(self.where):
             for queue, batch in by_queue.items():
-                args: list[Any] = [*self._meta(queue), uuid.uuid4().hex, self._ttl]
+                args: list[Any] = [*self._meta(queue), request_id, request_ttl, self._ttl]
                 for m in batch:
                     args += [
                         m.id,
@@ -118,7 +135,7 @@ class RedisBroker:
             max(100, max_n),
             *task_names,
         ]
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             flat = await script("claim")(self._main, list(self._q(queue)), args)
         return [
             Claimed(
@@ -129,14 +146,21 @@ class RedisBroker:
 
     async def settle(self, batch: SettleBatch) -> list[str]:
         others: dict[str, int] = {}
+
+        def qi(queue: str) -> int:
+            return 0 if queue == batch.queue else others.setdefault(queue, len(others) + 1)
+
         entries: list[Any] = []
         for task_id, token in batch.started:
             entries += ["S", task_id, token]
-        for task_id, token, state, follow_ups in batch.done:
-            entries += ["D", task_id, token, state, len(follow_ups)]
-            for m in follow_ups:
-                qi = 0 if m.queue == batch.queue else others.setdefault(m.queue, len(others) + 1)
-                entries += _follow_args(qi, m)
+        for d in batch.done:
+            entries += ["D", d.task_id, d.token, d.state, len(d.follow_ups)]
+            for m in d.follow_ups:
+                entries += _follow_args(qi(m.queue), m)
+            entries.append(len(d.extra_states))
+            for x in d.extra_states:
+                entries += [qi(x.queue), x.task_id, x.state, x.reply_to]
+            entries += _chord_args(d.chord, qi)
         for task_id, token, state, body, due_ms in batch.retry:
             entries += ["R", task_id, token, state, body, due_ms]
         for task_id, token, reason, state in batch.dead:
@@ -147,7 +171,7 @@ class RedisBroker:
         for name in others:  # insertion order matches the indexes handed out above
             other_args += [*self._q(name), name]
         args = [*self._meta(batch.queue), self._flag, self._ttl, len(others), *other_args, *entries]
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             lost = await script("settle")(self._main, list(self._q(batch.queue)), args)
             for name in others:
                 if name not in self._known_delayed_queues:
@@ -158,16 +182,16 @@ class RedisBroker:
         args: list[Any] = [*self._meta(queue), int(self._config.redis.lease_timeout * 1000)]
         for task_id, token in leases:
             args += [task_id, token]
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             lost = await script("heartbeat")(self._main, list(self._q(queue)), args)
         return [text(x) for x in lost]
 
     async def wait_for_work(self, queue: str, timeout: float) -> None:
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             await self._blocking.blpop([self._q(queue).wake], timeout=timeout)
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             moved, now, nxt = await script("promote")(
                 self._main, list(self._q(queue)), [*self._meta(queue), limit]
             )
@@ -175,7 +199,7 @@ class RedisBroker:
 
     async def get_pending_tasks(self, queue: str) -> list[Signature]:
         q = self._q(queue)
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             ids: list[Any] = list(await self._main.zrange(q.ready, 0, -1))
             for name in await self._main.smembers(q.parked):
                 ids += await self._main.zrange(q.parked_prefix + text(name), 0, -1)
@@ -183,7 +207,7 @@ class RedisBroker:
 
     async def get_delayed_tasks(self, queue: str) -> list[Signature]:
         q = self._q(queue)
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             ids = await self._main.zrange(q.delayed, 0, -1)
             return await self._signatures(q, [text(i) for i in ids])
 
@@ -201,7 +225,7 @@ class RedisBroker:
 
     async def get_dead_letters(self, queue: str) -> list[DeadLetter]:
         q = self._q(queue)
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             entries: list[Any] = await self._main.zrange(q.dead, 0, -1, withscores=True)
             out = []
             for member, score in entries:
@@ -215,10 +239,16 @@ class RedisBroker:
                 )
             return out
 
+    async def cancel(self, queue: str, task_ids: Sequence[str]) -> list[bool]:
+        args = [*self._meta(queue), self._flag, self._ttl, *task_ids]
+        async with unavailable_as(self.where):
+            flags = await script("cancel")(self._main, list(self._q(queue)), args)
+        return [bool(f) for f in flags]
+
     async def requeue_dead_letter(self, queue: str, task_id: str) -> bool:
         pending = b""
         if self._write_states:
             pending = encode(TaskState(task_id=task_id, state=State.PENDING))
         args = [*self._meta(queue), task_id, pending, self._ttl]
-        async with unavailable_as(self._where):
+        async with unavailable_as(self.where):
             return bool(await script("requeue_dead")(self._main, list(self._q(queue)), args))

@@ -1,9 +1,9 @@
 -- Shared helpers; vecna_async.scripts prepends this file to every script.
--- Key names come from vecna_async/keys.py through KEYS (a queue's 12 keys, in QueueKeys order) and,
+-- Key names come from vecna_async/keys.py through KEYS (a queue's 13 keys, in QueueKeys order) and,
 -- for other queues, through ARGV. Ids, queue and task names are restricted to JSON-safe characters
 -- (keys.check_name), which is what lets state_json() below build JSON by concatenation.
 
-local QUEUE_KEY_COUNT = 12
+local QUEUE_KEY_COUNT = 13
 local PRIORITY_WEIGHT = 1099511627776 -- 2^40: one priority step outweighs any FIFO sequence number
 
 local function now_ms()
@@ -16,7 +16,7 @@ local function queue_keys(list, o)
     ready = list[o + 1], delayed = list[o + 2], leases = list[o + 3], dead = list[o + 4],
     wake = list[o + 5], seq = list[o + 6], record = list[o + 7], state = list[o + 8],
     parked = list[o + 9], parked_prefix = list[o + 10], request = list[o + 11],
-    tombstone = list[o + 12],
+    tombstone = list[o + 12], chord = list[o + 13],
   }
 end
 
@@ -57,11 +57,24 @@ local function publish_replies(pubs)
   end
 end
 
+-- Store a state and queue its publication to the reply channels.
+local function store_state(q, pubs, id, state, reply, ttl)
+  redis.call('SET', q.state .. id, state, 'EX', ttl)
+  note_reply(pubs, reply, id, state)
+end
+
 -- Enqueue one message unless its id is queued already (a resend of the same id is a no-op).
 -- Returns 0 skipped, 1 ready, 2 delayed, 3 delayed and now the earliest entry of the delayed set.
+-- A canceled id (tombstone) is not enqueued: its state becomes CANCELED instead.
 local function enqueue(q, now, id, name, body, priority, due, ignore, reply, state, ttl)
   local rk = q.record .. id
   if redis.call('EXISTS', rk) == 1 then
+    return 0
+  end
+  if redis.call('EXISTS', q.tombstone .. id) == 1 then
+    if state ~= '' then
+      redis.call('SET', q.state .. id, state_json(id, 'CANCELED', name), 'EX', ttl)
+    end
     return 0
   end
   local score = redis.call('INCR', q.seq) - tonumber(priority) * PRIORITY_WEIGHT

@@ -39,7 +39,6 @@ end
 local now = now_ms()
 local pubs = {}
 reap_expired(q, now, reap_limit, max_deliveries, ttl, pubs, write_states)
-publish_replies(pubs)
 
 if redis.call('SCARD', q.parked) > 0 then
   for _, name in ipairs(redis.call('SMEMBERS', q.parked)) do
@@ -68,9 +67,15 @@ while #claimed < max_n and rounds < 8 do
   for i = 1, #popped, 2 do
     local id, score = popped[i], popped[i + 1]
     local rk = q.record .. id
-    local r = redis.call('HMGET', rk, 'n', 'b', 'i')
+    local r = redis.call('HMGET', rk, 'n', 'b', 'i', 'r')
     local name = r[1]
-    if name then
+    if name and redis.call('EXISTS', q.tombstone .. id) == 1 then
+      -- canceled while it waited (a cancel racing with promotion): it never runs
+      redis.call('DEL', rk)
+      if write_states then
+        store_state(q, pubs, id, state_json(id, 'CANCELED', name), r[4], ttl)
+      end
+    elseif name then
       if known[name] or r[3] == '1' then
         local d = redis.call('HINCRBY', rk, 'd', 1)
         redis.call('HSET', rk, 'o', token)
@@ -96,4 +101,5 @@ end
 if redis.call('ZCARD', q.ready) > 0 then
   wake(q) -- more work than this worker took: let the next idle one know
 end
+publish_replies(pubs)
 return out

@@ -8,7 +8,9 @@ local moved = 0
 for _, id in ipairs(due) do
   redis.call('ZREM', q.delayed, id)
   local p = redis.call('HGET', q.record .. id, 'p')
-  if p then
+  if p and redis.call('EXISTS', q.tombstone .. id) == 1 then
+    redis.call('DEL', q.record .. id) -- canceled: its state was set by cancel.lua
+  elseif p then
     redis.call('ZADD', q.ready, p, id)
     moved = moved + 1
   end

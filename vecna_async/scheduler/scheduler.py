@@ -1,4 +1,5 @@
-"""The scheduler coroutine: moves due delayed entries (ETA tasks, retries) to their ready queues.
+"""The scheduler coroutine: moves due delayed entries (ETA tasks, retries) to their ready queues
+and fires due periodic ticks (``periodic.py``).
 
 It does not tick: after each pass it sleeps until the earliest due entry (by Redis's clock, so
 schedulers on hosts with skewed clocks agree), and a publish on the ``sched`` channel wakes it early
@@ -18,6 +19,7 @@ import anyio
 
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.scheduler.periodic import PeriodicStore
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -35,12 +37,14 @@ class Scheduler:
     def __init__(
         self,
         broker: RedisBroker,
+        periodic: PeriodicStore,
         client: AnyRedis,
         channel: str,
         queues: Iterable[str],
         max_sleep: float,
     ) -> None:
         self._broker = broker
+        self._periodic = periodic
         self._client = client
         self._channel = channel
         self._queues = set(queues)
@@ -58,22 +62,27 @@ class Scheduler:
         backoff = 0.05
         while True:
             try:
-                sleep = await self.promote_once()
+                sleep = await self.run_once()
                 backoff = 0.05
-            except BrokerUnavailable as exc:
-                log.warning("scheduler cannot reach Redis (%s); retry in %.2fs", exc, backoff)
+            except Exception as exc:  # an outage, or a bad definition: keep scheduling the rest
+                if isinstance(exc, BrokerUnavailable):
+                    log.warning("scheduler cannot reach Redis (%s); retry in %.2fs", exc, backoff)
+                else:
+                    log.exception("scheduler pass failed; retry in %.2fs", backoff)
                 sleep, backoff = backoff, min(backoff * 2, 5.0)
             with anyio.move_on_after(sleep):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
-    async def promote_once(self) -> float:
-        """One pass over every queue; returns how long to sleep until the next due entry."""
+    async def run_once(self) -> float:
+        """Fire due periodic ticks and promote due delayed entries of every queue; returns how
+        long to sleep until the next of either."""
         self.passes += 1
+        next_tick = await self._periodic.fire_due()
         if time.monotonic() - self._queues_refreshed > QUEUE_REFRESH_SECONDS:
             self._queues |= await self._broker.known_queues()
             self._queues_refreshed = time.monotonic()
-        sleep = self._max_sleep
+        sleep = self._max_sleep if next_tick is None else min(self._max_sleep, next_tick)
         for queue in list(self._queues):
             while True:
                 r = await self._broker.promote_due(queue, PROMOTE_BATCH)
@@ -94,7 +103,8 @@ class Scheduler:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if msg and msg.get("type") == "message":
                         queue = msg["data"].split(b" ", 1)[0].decode()
-                        self._queues.add(queue)
+                        if queue != "*":  # "*": a periodic definition was added
+                            self._queues.add(queue)
                         self._wake.set()
             except Exception as exc:
                 log.warning("scheduler wake-up subscription lost (%s); resubscribing", exc)

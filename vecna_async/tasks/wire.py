@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+import msgspec
+
+from vecna_async.exceptions import MessageTooLarge
 from vecna_async.keys import check_name
 from vecna_async.messages import State, TaskMessage, TaskState, encode
 from vecna_async.tasks.signature import Arg, Signature
+from vecna_async.tasks.workflows import Chain, Chord
+
+if TYPE_CHECKING:
+    from vecna_async.broker.base import Broker
 
 
 def new_id() -> str:
@@ -90,10 +99,41 @@ def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessa
     )
 
 
+def prepare_chain(chain: Chain, default_queue: str, reply_to: str = "") -> TaskMessage:
+    """The chain's first message, with every later link nested as ``chain_next``."""
+    msgs = [prepare(s, default_queue, reply_to) for s in chain.tasks]
+    head = msgs[-1]
+    for m in reversed(msgs[:-1]):
+        head = msgspec.structs.replace(m, chain_next=head)
+    return head
+
+
+def prepare_chord(chord: Chord, default_queue: str, reply_to: str = "") -> list[TaskMessage]:
+    """The chord's member messages, each carrying the callback and its index in the group."""
+    callback = prepare(chord.callback, default_queue, reply_to)
+    members = []
+    for i, sig in enumerate(chord.group.tasks):
+        msg = prepare(sig, default_queue, reply_to)
+        members.append(msgspec.structs.replace(msg, chord_callback=callback, group_index=i))
+    return members
+
+
+CHORD_RESULTS_MARK = "\x00vecna:chord-results\x00"
+
+
+def split_for_results(callback: TaskMessage) -> tuple[bytes, bytes]:
+    """The callback's encoded body, split where the chord's results go (appended to its args).
+
+    The Lua side joins the members' encoded results with commas and puts them in between, so
+    results are never decoded or re-encoded there (Lua's JSON would lose 64-bit integers).
+    """
+    body = encode(msgspec.structs.replace(callback, args=[*callback.args, CHORD_RESULTS_MARK]))
+    prefix, _, suffix = body.partition(encode(CHORD_RESULTS_MARK))
+    return prefix, suffix
+
+
 def outgoing(msg: TaskMessage, max_bytes: int) -> Outgoing:
     """Encode a message for the broker; refuse one over ``max_bytes`` before anything is sent."""
-    from vecna_async.exceptions import MessageTooLarge
-
     body = encode(msg)
     if len(body) > max_bytes:
         raise MessageTooLarge(msg.name, len(body), max_bytes)
@@ -110,6 +150,36 @@ def outgoing(msg: TaskMessage, max_bytes: int) -> Outgoing:
         reply_to=msg.reply_to,
         pending_state=pending,
     )
+
+
+async def publish(
+    broker: Broker,
+    messages: Sequence[TaskMessage],
+    max_bytes: int,
+    *,
+    concurrency: int = 0,
+    request_id: str = "",
+    request_ttl: int = 300,
+) -> None:
+    """Encode and check every message first (nothing is sent if one is too large), then enqueue
+    them ``concurrency`` at a time (0: all in one call per queue)."""
+    out = [outgoing(m, max_bytes) for m in messages]
+    size = concurrency or len(out) or 1
+    for start in range(0, len(out), size):
+        chunk_id = f"{request_id}:{start}" if request_id else ""
+        await broker.publish(out[start : start + size], chunk_id, request_ttl)
+
+
+def walk(messages: Sequence[TaskMessage]) -> Iterator[TaskMessage]:
+    """Every message of a workflow, nested callbacks and chain links included."""
+    for m in messages:
+        yield m
+        yield from walk(m.on_success)
+        yield from walk(m.on_error)
+        if m.chain_next is not None:
+            yield from walk([m.chain_next])
+        if m.chord_callback is not None:
+            yield from walk([m.chord_callback])
 
 
 def to_signature(msg: TaskMessage) -> Signature:

@@ -19,18 +19,19 @@ from typing import Any
 import anyio
 import msgspec
 
-from vecna_async.broker.base import Claimed
+from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Done, ExtraState
 from vecna_async.exceptions import (
     ArgumentTypeError,
     ResultEncodeError,
     RetryTaskLater,
     TaskNotRegistered,
 )
+from vecna_async.keys import Keys
 from vecna_async.messages import State, TaskMessage, TaskState, decode_task, encode
 from vecna_async.tasks.args import coerce_typed_arg
 from vecna_async.tasks.registry import TaskEntry, TaskRegistry
 from vecna_async.tasks.signature import Signature
-from vecna_async.tasks.wire import Outgoing, outgoing, to_signature
+from vecna_async.tasks.wire import Outgoing, outgoing, split_for_results, to_signature
 from vecna_async.worker.flusher import Flusher
 
 log = logging.getLogger("vecna_async.worker")
@@ -53,9 +54,12 @@ def error_string(exc: BaseException) -> str:
 class Executor:
     """Turns a claimed message into an outcome for the flusher."""
 
-    def __init__(self, registry: TaskRegistry, flusher: Flusher, max_message_bytes: int) -> None:
+    def __init__(
+        self, registry: TaskRegistry, flusher: Flusher, keys: Keys, max_message_bytes: int
+    ) -> None:
         self._registry = registry
         self._flusher = flusher
+        self._keys = keys
         self._max_bytes = max_message_bytes
         self.error_handler: ErrorHandler | None = None
 
@@ -97,8 +101,9 @@ class Executor:
             else:
                 await self._fail(c, msg, exc)
         else:
-            follow = self._on_success(msg, results)
-            self._flusher.done(c, state, follow, msg.reply_to)
+            done = Done(c.id, c.token, state, self._on_success(msg, results))
+            done.chord = self._chord_success(msg, results)
+            self._flusher.done(c, done, msg.reply_to)
 
     async def _call(self, entry: TaskEntry, msg: TaskMessage) -> Any:
         args = msg.args
@@ -129,7 +134,21 @@ class Executor:
         log.warning("task %s (%s) failed: %s", msg.name, msg.id, err)
         state = self._final(msg.id, msg.name, State.FAILURE, error=err, tb=tb)
         follow = [self._out(cb, [err], prepend=True) for cb in msg.on_error]
-        self._flusher.done(c, state, [m for m in follow if m is not None], msg.reply_to)
+        done = Done(c.id, c.token, state, [m for m in follow if m is not None])
+        cause = f"task {msg.name!r} ({msg.id}) failed: {err}"
+        link = msg.chain_next
+        while link is not None:  # the chain stops here: its later links will never run
+            stopped = self._final(
+                link.id, link.name, State.FAILURE, error=f"chain stopped: {cause}"
+            )
+            done.extra_states.append(ExtraState(link.queue, link.id, stopped, link.reply_to))
+            link = link.chain_next
+        cb = msg.chord_callback
+        if cb is not None and msg.group_id:
+            failed = self._final(cb.id, cb.name, State.FAILURE, error=f"chord member {cause}")
+            fired = self._keys.queue(cb.queue).chord_fired(msg.group_id)
+            done.chord = ChordFailure(fired, ExtraState(cb.queue, cb.id, failed, cb.reply_to))
+        self._flusher.done(c, done, msg.reply_to)
         await self._call_error_handler(msg, exc)
 
     async def _call_error_handler(self, msg: TaskMessage, exc: BaseException) -> None:
@@ -152,6 +171,26 @@ class Executor:
             passes = not (msg.immutable or nxt.immutable)
             follow.append(self._out(nxt, results if passes else [], prepend=False))
         return [m for m in follow if m is not None]
+
+    def _chord_success(self, msg: TaskMessage, results: list[Any]) -> ChordSuccess | None:
+        cb = msg.chord_callback
+        if cb is None or not msg.group_id:
+            return None
+        out = self._out(cb, [], prepend=False)
+        if out is None:
+            return None
+        prefix, suffix = split_for_results(cb)
+        qk = self._keys.queue(cb.queue)
+        return ChordSuccess(
+            group_key=qk.chord_results(msg.group_id),
+            fired_key=qk.chord_fired(msg.group_id),
+            index=msg.group_index,
+            count=msg.group_task_count,
+            results=encode(results)[1:-1],  # "[a,b]" -> "a,b": spliced into the callback's args
+            callback=out,
+            body_prefix=prefix,
+            body_suffix=suffix,
+        )
 
     def _out(self, cb: TaskMessage, values: list[Any], *, prepend: bool) -> Outgoing | None:
         """A follow-up message with ``values`` added to its args; None (logged) if it is too big."""

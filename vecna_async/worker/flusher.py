@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 import anyio
 
 from vecna_async.backend.base import Backend, StateWrite
-from vecna_async.broker.base import Broker, Claimed, SettleBatch
+from vecna_async.broker.base import Broker, Claimed, Done, SettleBatch
 from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.messages import State, TaskState, encode
-from vecna_async.tasks.wire import Outgoing
 
 log = logging.getLogger("vecna_async.worker")
 
@@ -61,15 +60,17 @@ class Flusher:
     def started(self, c: Claimed, name: str) -> None:
         self._slot(c.queue).started[c.id] = (c.token, name)
 
-    def done(self, c: Claimed, state: bytes, follow_ups: list[Outgoing], reply_to: str) -> None:
+    def done(self, c: Claimed, done: Done, reply_to: str) -> None:
         p = self._slot(c.queue)
         p.started.pop(c.id, None)
         assert p.batch is not None
-        p.batch.done.append((c.id, c.token, state, follow_ups))
+        p.batch.done.append(done)
         if self._store is not None:
-            p.writes[c.id] = StateWrite(c.queue, c.id, state, reply_to)
-            for m in follow_ups:
+            p.writes[c.id] = StateWrite(c.queue, c.id, done.state, reply_to)
+            for m in done.follow_ups:
                 p.writes[m.id] = StateWrite(m.queue, m.id, m.pending_state)
+            for x in done.extra_states:
+                p.writes[x.task_id] = StateWrite(x.queue, x.task_id, x.state, x.reply_to)
 
     def retry(self, c: Claimed, state: bytes, body: bytes, delay_ms: int) -> None:
         p = self._slot(c.queue)
@@ -141,9 +142,9 @@ class Flusher:
                     queue,
                     ", ".join(lost[:5]),
                 )
-            self._on_settled(
-                [e[0] for es in (batch.done, batch.retry, batch.dead, batch.release) for e in es]
-            )
+            settled = [d.task_id for d in batch.done]
+            settled += [e[0] for es in (batch.retry, batch.dead, batch.release) for e in es]
+            self._on_settled(settled)
 
     def _restore(
         self,

@@ -74,7 +74,7 @@ class Worker:
             flusher = Flusher(
                 rt.broker, rt.backend if rt.separate_backend else None, in_flight.forget
             )
-            executor = Executor(registry, flusher, rt.config.redis.max_message_bytes)
+            executor = Executor(registry, flusher, rt.keys, rt.config.redis.max_message_bytes)
             executor.error_handler = self._error_handler
             slots = anyio.Semaphore(self.concurrency or UNLIMITED)
             r = rt.config.redis
