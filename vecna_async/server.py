@@ -146,8 +146,10 @@ class Server:
             rt.broker, messages, self.config.redis.max_message_bytes, concurrency=concurrency
         )
 
-    def _result(self, msg: TaskMessage, sig: Signature | None = None) -> AsyncResult[Any]:
-        return AsyncResult(self._runtime().results, msg.id, msg.queue, sig)
+    def _result(
+        self, msg: TaskMessage, sig: Signature | None = None, generation: int = 0
+    ) -> AsyncResult[Any]:
+        return AsyncResult(self._runtime().results, msg.id, msg.queue, sig, Any, generation)
 
     async def send_task(self, signature: Signature) -> AsyncResult[Any]:
         """Send one task; returns its AsyncResult. Raises BrokerUnavailable if Redis is down,
@@ -159,8 +161,9 @@ class Server:
         """Send many tasks in one round trip per queue (all encoded and checked first)."""
         sigs = list(signatures)
         msgs = [self._prepare(s) for s in sigs]
+        generation = self._runtime().listener.generation  # before the send: see ResultListener
         await self._publish(msgs)
-        return [self._result(m, s) for s, m in zip(sigs, msgs, strict=True)]
+        return [self._result(m, s, generation) for s, m in zip(sigs, msgs, strict=True)]
 
     async def send_group(self, group: Group, concurrency: int = 0) -> list[AsyncResult[Any]]:
         """Send a group's tasks, ``concurrency`` per round trip (0: all at once)."""

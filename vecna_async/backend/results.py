@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -34,15 +35,25 @@ RECHECK_SECONDS = 1.0
 
 
 class ResultListener:
-    """One pub/sub subscription per Server; resolves waiters by task id."""
+    """One pub/sub subscription per Server; resolves waiters by task id.
+
+    ``generation`` counts subscriptions (0: none yet). A result sent while the listener was
+    subscribed, with no reconnect since, cannot have been published unheard: its waiter skips the
+    first read of the stored state and takes the state from the channel (or from ``_recent``, the
+    states that arrived before anyone waited), one round trip less per ``get()``.
+    """
+
+    RECENT = 10_000
 
     def __init__(self, client: AnyRedis, channel: str) -> None:
         self._client = client
         self._channel = channel
         self._waiters: dict[str, set[asyncio.Future[bytes]]] = {}
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._started: asyncio.Lock | None = None
+        self.generation = 0
 
     async def _ensure_started(self) -> None:
         if self._reader is not None and not self._reader.done():
@@ -55,6 +66,7 @@ class ResultListener:
             pubsub = self._client.pubsub()
             await pubsub.subscribe(self._channel)
             self._pubsub = pubsub
+            self.generation += 1
             self._reader = asyncio.create_task(self._read(pubsub), name="vecna-result-listener")
 
     async def _read(self, pubsub: PubSub) -> None:
@@ -65,6 +77,7 @@ class ResultListener:
                 raise
             except Exception as exc:  # redis-py reconnects and resubscribes on the next call
                 log.warning("result listener lost its connection (%s); reconnecting", exc)
+                self.generation += 1
                 self._wake_all()
                 await asyncio.sleep(0.2)
                 continue
@@ -74,10 +87,17 @@ class ResultListener:
     def _dispatch(self, data: bytes) -> None:
         for line in data.split(b"\n"):
             task_id, _, state = line.partition(b"\t")
-            futures = self._waiters.get(task_id.decode()) if task_id else None
-            for fut in futures or ():
-                if not fut.done():
-                    fut.set_result(state)
+            if not task_id:
+                continue
+            futures = self._waiters.get(task_id.decode())
+            if futures:
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(state)
+            else:
+                self._recent[task_id.decode()] = state
+                if len(self._recent) > self.RECENT:
+                    self._recent.popitem(last=False)
 
     def _wake_all(self) -> None:
         """After a reconnect: make every waiter read its state (a publish may have been missed)."""
@@ -87,23 +107,36 @@ class ResultListener:
                     fut.set_result(b"")
 
     async def wait(
-        self, backend: Backend, queue: str, task_id: str, timeout: float | None
+        self,
+        backend: Backend,
+        queue: str,
+        task_id: str,
+        timeout: float | None,
+        sent_in_generation: int = 0,
     ) -> TaskState:
         """Wait for the task's final state; raise ResultTimeout when ``timeout`` passes first."""
         await self._ensure_started()
         deadline = None if timeout is None else time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         state = None
-        first = True
+        heard_everything = sent_in_generation == self.generation and sent_in_generation > 0
+        if heard_everything:
+            payload = self._recent.pop(task_id, b"")
+            if payload:
+                early = decode_state(payload)
+                if early.is_completed():
+                    return early
+        read = "get" if heard_everything else "watch"
         while True:
             fut: asyncio.Future[bytes] = loop.create_future()
             self._waiters.setdefault(task_id, set()).add(fut)
             try:
-                if first:  # registered before reading: a publish between the two is not missed
+                # registered before reading: a publish between the two is not missed
+                if read == "watch":
                     state = await backend.watch(queue, task_id)
-                    first = False
-                else:
+                elif read == "get" and not heard_everything:
                     state = await backend.get_state(queue, task_id)
+                heard_everything = False  # from the second round on, read the state each time
                 if state is not None and state.is_completed():
                     return state
                 wait = RECHECK_SECONDS
@@ -114,7 +147,9 @@ class ResultListener:
                 try:
                     payload = await asyncio.wait_for(fut, wait)
                 except TimeoutError:
+                    read = "get"
                     continue
+                read = "get"
                 if payload:
                     state = decode_state(payload)
                     if state.is_completed():
@@ -162,16 +197,20 @@ class AsyncResult(Generic[T]):
         queue: str,
         signature: Signature | None = None,
         result_type: Any = Any,
+        sent_in_generation: int = 0,
     ) -> None:
         self._source = source
         self.task_id = task_id
         self.queue = queue
         self.signature = signature
         self._result_type = result_type
+        self._generation = sent_in_generation
 
     def typed(self, result_type: Any) -> AsyncResult[Any]:
         """The same result, converting the value to ``result_type`` (msgspec) in ``get()``."""
-        return AsyncResult(self._source, self.task_id, self.queue, self.signature, result_type)
+        return AsyncResult(
+            self._source, self.task_id, self.queue, self.signature, result_type, self._generation
+        )
 
     async def get_state(self) -> TaskState | None:
         """The current TaskState, or None if none is stored (unknown id, or expired)."""
@@ -183,7 +222,7 @@ class AsyncResult(Generic[T]):
         Raises TaskFailed (with the task's error string), TaskCanceled, or ResultTimeout.
         """
         state = await self._source.listener.wait(
-            self._source.backend, self.queue, self.task_id, timeout
+            self._source.backend, self.queue, self.task_id, timeout, self._generation
         )
         return self._value(state)
 

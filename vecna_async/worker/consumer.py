@@ -77,7 +77,9 @@ class Consumer:
             for c in claimed:
                 self._in_flight.add(c)
                 tasks.start_soon(self._guarded, c)
-            if not claimed:
+            if len(claimed) < n:
+                # Fewer than asked: the queue ran dry. Wait for a wake-up instead of claiming again
+                # (the claim script leaves a wake-up token when it left messages behind).
                 await self._idle(self._wait_for_work())
 
     async def _take_slots(self) -> int:
