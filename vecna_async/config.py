@@ -11,6 +11,7 @@ Field names follow the seed's YAML where the seed has them (``broker``, ``defaul
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,11 @@ def _positive(obj: object, name: str, *, allow_zero: bool = False) -> None:
 
 
 def _env_path(message: str) -> str:
-    """Turn msgspec's ``$.redis.max_active`` into the variable name the user set."""
-    if " - at `$." not in message:
-        return message
-    text, path = message.rsplit(" - at `$.", 1)
-    var = "VECNA_" + path.rstrip("`").replace(".", "_").upper()
-    return f"{var}: {text}"
+    """Name the variable the user set: msgspec's ``$.redis.max_active`` path, or the field our own
+    checks name (``redis.max_active must be >= 0``), becomes ``VECNA_REDIS_MAX_ACTIVE``."""
+    text, _, where = message.partition(" - at `$")
+    own = re.match(r"(?P<path>(redis\.)?[a-z_]+)( \([^)]*\))? must ", text)
+    path = own["path"] if own else where.strip("`.")
+    if not path:
+        return text
+    return f"VECNA_{path.replace('.', '_').upper()}: {text}"

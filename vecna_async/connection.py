@@ -100,6 +100,8 @@ def _parse(url: str, master_name: str) -> RedisTarget:
         raise ValueError("no host given")
     query = parse_qs(query_text)
     db = int(db_part or query.get("db", ["0"])[0] or 0)
+    if db < 0:
+        raise ValueError(f"database number {db} is negative")
     tls = scheme == "rediss"
     if scheme == "redis-sentinel":
         name = query.get("master_name", [master_name])[0]
@@ -123,13 +125,19 @@ def _auth(auth: str) -> tuple[str | None, str | None]:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    if text.startswith("["):  # [::1]:6379
-        host, _, port = text[1:].partition("]:")
-        return host, int(port or 6379)
-    host, _, port = text.rpartition(":") if ":" in text else (text, "", "6379")
+    if text.startswith("["):  # [::1] or [::1]:6379
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad host {text!r}")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    port = int(port_text or 6379)
     if not host:
         raise ValueError(f"bad host {text!r}")
-    return host, int(port)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return host, port
 
 
 def text(value: Any) -> str:

@@ -38,7 +38,8 @@ class TaskMessage(
     """A task on the wire: what a worker needs to run it and everything that follows it.
 
     ``args`` holds plain JSON values; ``arg_types`` (parallel to ``args``) keeps the seed's ``Arg``
-    type strings so the worker can check them ("" for an untyped argument). ``on_success``
+    type strings so the worker can check them ("" for an untyped argument), ``arg_names`` their
+    optional names. ``on_success``
     callbacks get the results prepended to their args; ``chain_next`` (the next link of a chain)
     gets them appended, as the seed's chain example computes.
     """
@@ -48,6 +49,7 @@ class TaskMessage(
     queue: str
     args: list[Any] = []
     arg_types: list[str] = []
+    arg_names: list[str] = []
     kwargs: dict[str, Any] = {}
     eta_ms: int = 0
     retry_count: int = 0

@@ -18,7 +18,11 @@ from vecna_async.tasks.wire import Outgoing
 
 @dataclass(slots=True)
 class Claimed:
-    """A message claimed by a worker: its raw body, how often it was delivered, its lease token."""
+    """A message claimed by a worker: its raw body, how often it was delivered, its lease token.
+
+    ``dead_reason`` is set instead for a message the claim dead-lettered (its leases kept
+    expiring) when states live on a separate backend: the worker only stores its FAILURE.
+    """
 
     queue: str
     id: str
@@ -26,6 +30,7 @@ class Claimed:
     deliveries: int
     token: str
     unregistered: bool
+    dead_reason: str = ""
 
 
 @dataclass(slots=True)

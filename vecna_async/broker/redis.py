@@ -137,12 +137,15 @@ class RedisBroker:
         ]
         async with unavailable_as(self.where):
             flat = await script("claim")(self._main, list(self._q(queue)), args)
-        return [
-            Claimed(
-                queue, flat[i].decode(), flat[i + 1], int(flat[i + 2]), token, bool(flat[i + 3])
-            )
-            for i in range(0, len(flat), 4)
-        ]
+        out = []
+        for i in range(0, len(flat), 4):
+            flag = text(flat[i + 3])
+            dead = flag[5:] if flag.startswith("dead:") else ""
+            out.append(
+                Claimed(queue, text(flat[i]), raw(flat[i + 1]), int(flat[i + 2]), token,
+                        flag == "unregistered", dead)
+            )  # fmt: skip
+        return out
 
     async def settle(self, batch: SettleBatch) -> list[str]:
         others: dict[str, int] = {}

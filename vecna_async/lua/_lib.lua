@@ -118,8 +118,10 @@ local function dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
 end
 
 -- Leases past their deadline go back to ready, or to the dead set after max_deliveries.
+-- Returns the dead-lettered ones as {id, deliveries, reason} (for states on a separate backend).
 local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_states)
   local expired = redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, limit)
+  local dead = {}
   for _, id in ipairs(expired) do
     redis.call('ZREM', q.leases, id)
     local rk = q.record .. id
@@ -127,8 +129,10 @@ local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_stat
     if r[2] then
       local d = tonumber(r[1] or 0)
       if d >= max_deliveries then
-        dead_letter(q, now, id, 'delivered ' .. d .. ' times and every lease expired without an ack'
-          .. ' (the task keeps killing or stalling its worker?)', nil, ttl, pubs, write_states)
+        local reason = 'delivered ' .. d .. ' times and every lease expired without an ack'
+          .. ' (the task keeps killing or stalling its worker?)'
+        dead_letter(q, now, id, reason, nil, ttl, pubs, write_states)
+        dead[#dead + 1] = { id, d, reason }
       else
         redis.call('HDEL', rk, 'o')
         redis.call('ZADD', q.ready, r[2], id)
@@ -138,5 +142,5 @@ local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_stat
   if #expired > 0 then
     wake(q)
   end
-  return #expired
+  return dead
 end

@@ -1,7 +1,8 @@
 -- Claim up to max_n ready messages for one worker, each with a lease (deadline + owner token).
 -- KEYS: the queue's keys. ARGV: queue, sched_channel, token, request_id, max_n, lease_ms,
 --   max_deliveries, write_states (0/1), state_ttl, reap_limit, then the task names the worker knows.
--- Returns a flat list: id, body, deliveries, flag ('' or 'unregistered') per claimed message.
+-- Returns a flat list: id, body, deliveries, flag per message: flag '' (claimed), 'unregistered'
+-- (claimed to fail it), or 'dead:<reason>' (dead-lettered now; only without write_states).
 -- Messages of names this worker does not know are parked for a worker that knows them, unless
 -- they ask to fail when unregistered. Expired leases are reaped first, so any live worker
 -- redelivers the messages of a dead one.
@@ -38,7 +39,16 @@ end
 
 local now = now_ms()
 local pubs = {}
-reap_expired(q, now, reap_limit, max_deliveries, ttl, pubs, write_states)
+local dead = reap_expired(q, now, reap_limit, max_deliveries, ttl, pubs, write_states)
+if not write_states then
+  -- the worker stores their FAILURE state on the separate result backend
+  for _, x in ipairs(dead) do
+    out[#out + 1] = x[1]
+    out[#out + 1] = redis.call('HGET', q.record .. x[1], 'b') or ''
+    out[#out + 1] = x[2]
+    out[#out + 1] = 'dead:' .. x[3]
+  end
+end
 
 if redis.call('SCARD', q.parked) > 0 then
   for _, name in ipairs(redis.call('SMEMBERS', q.parked)) do

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, get_type_hints
 
 import msgspec
+import msgspec.inspect
 
 from vecna_async.exceptions import ArgumentTypeError
 
@@ -57,7 +58,11 @@ def _scalar_problem(type_name: str, value: Any) -> tuple[str, Any] | None:
         if not low <= value <= high:
             return f"{value} is out of range [{low}, {high}]", value
         return None
-    if type_name == "float32" and math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+    try:
+        as_float = float(value)  # JSON integers of any size arrive here
+    except OverflowError:
+        return f"{value} is out of range for {type_name}", value
+    if type_name == "float32" and math.isfinite(as_float) and abs(as_float) > _FLOAT32_MAX:
         return f"{value} overflows float32", value
     return None
 
@@ -103,7 +108,7 @@ class ArgSpec:
         self._keywords: dict[str, Any] = {}
         self._varkw: Any = Any
         for param in inspect.signature(fn).parameters.values():
-            hint = hints.get(param.name, Any)
+            hint = _checkable(hints.get(param.name, Any))
             if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
                 self._positional.append(hint)
                 self._keywords[param.name] = hint
@@ -135,6 +140,18 @@ class ArgSpec:
         return out_args, out_kwargs
 
 
+def _checkable(hint: Any) -> Any:
+    """The hint if msgspec can build values of it from JSON, else Any (a plain class, say, gets
+    the JSON value as it came: checking it could only ever fail)."""
+    if hint is Any:
+        return hint
+    try:
+        info = msgspec.inspect.type_info(hint)
+    except (TypeError, ValueError):
+        return Any
+    return Any if isinstance(info, msgspec.inspect.CustomType) else hint
+
+
 def _convert(task_name: str, index: int | str, hint: Any, value: Any) -> Any:
     if hint is Any:
         return value
@@ -142,9 +159,9 @@ def _convert(task_name: str, index: int | str, hint: Any, value: Any) -> Any:
         return msgspec.convert(value, hint, strict=True)
     except msgspec.ValidationError as exc:
         raise ArgumentTypeError(task_name, index, _type_label(hint), str(exc)) from None
-    except TypeError:  # a hint msgspec cannot validate (a plain class): pass the value through
-        return value
 
 
 def _type_label(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    if isinstance(hint, type) and not getattr(hint, "__args__", None):
+        return hint.__name__
+    return str(hint).replace("typing.", "")

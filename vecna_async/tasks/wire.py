@@ -63,13 +63,12 @@ def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessa
         sig.code = sig.group_id or sig.id
     args: list[object] = []
     arg_types: list[str] = []
+    arg_names: list[str] = []
     for a in sig.args:
-        if isinstance(a, Arg):
-            args.append(a.value)
-            arg_types.append(a.type)
-        else:
-            args.append(a)
-            arg_types.append("")
+        typed = isinstance(a, Arg)
+        args.append(a.value if typed else a)
+        arg_types.append(a.type if typed else "")
+        arg_names.append(a.name if typed else "")
 
     def child(s: Signature) -> TaskMessage:
         return prepare(s, default_queue, reply_to)
@@ -80,6 +79,7 @@ def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessa
         queue=sig.routing_key or default_queue,
         args=args,
         arg_types=arg_types if any(arg_types) else [],
+        arg_names=arg_names if any(arg_names) else [],
         kwargs=sig.kwargs,
         eta_ms=eta_ms(sig.eta),
         retry_count=sig.retry_count,
@@ -185,9 +185,10 @@ def walk(messages: Sequence[TaskMessage]) -> Iterator[TaskMessage]:
 def to_signature(msg: TaskMessage) -> Signature:
     """The Signature a TaskMessage came from (typed args come back as ``Arg``)."""
     args: list[object] = list(msg.args)
+    names = msg.arg_names + [""] * (len(args) - len(msg.arg_names))
     for i, t in enumerate(msg.arg_types):
         if t and i < len(args):
-            args[i] = Arg(t, args[i])
+            args[i] = Arg(t, args[i], names[i])
     return Signature(
         msg.name,
         args=args,

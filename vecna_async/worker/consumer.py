@@ -1,9 +1,11 @@
 """Claims messages for free slots and starts them.
 
-A worker never holds more messages than it has free slots (``concurrency``): it claims in one call
-as many as are free (up to ``claim_batch``), so a busy worker does not hoard and an idle one fills
-up in one round trip. With nothing to claim it blocks on the queue's wake-up list, a hint only:
-after ``normal_tasks_poll_period`` it looks again anyway.
+A worker never holds more messages than it has slots (``concurrency``): it claims in one call as
+many as are free (up to ``claim_batch``), so a busy worker does not hoard and an idle one fills up
+in one round trip. A slot is free again once its outcome is settled, not when the task returns, so
+leases held never exceed ``concurrency`` even when Redis is slow to take the outcomes. With
+nothing to claim it blocks on the queue's wake-up list, a hint only: after
+``normal_tasks_poll_period`` it looks again anyway.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ class Consumer:
         slots: anyio.Semaphore,
         in_flight: InFlight,
         run_one: Callable[[Claimed], Awaitable[None]],
+        on_dead: Callable[[list[Claimed]], None],
         claim_batch: int,
         poll_seconds: float,
     ) -> None:
+        self._on_dead = on_dead
         self._broker = broker
         self._queue = queue
         self._names = list(task_names)
@@ -73,6 +77,10 @@ class Consumer:
                 await self._idle(anyio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
                 continue
+            dead = [c for c in claimed if c.dead_reason]
+            if dead:
+                claimed = [c for c in claimed if not c.dead_reason]
+                self._on_dead(dead)
             self._give_back(n - len(claimed))
             for c in claimed:
                 self._in_flight.add(c)
@@ -115,5 +123,6 @@ class Consumer:
     async def _guarded(self, c: Claimed) -> None:
         try:
             await self._run_one(c)
+            await self._in_flight.wait_gone(c.id)
         finally:
             self._slots.release()

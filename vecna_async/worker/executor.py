@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from vecna_async.backend.base import StateWrite
 from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Done, ExtraState
 from vecna_async.exceptions import (
     ArgumentTypeError,
@@ -27,7 +28,14 @@ from vecna_async.exceptions import (
     TaskNotRegistered,
 )
 from vecna_async.keys import Keys
-from vecna_async.messages import State, TaskMessage, TaskState, decode_task, encode
+from vecna_async.messages import (
+    FORMAT_VERSION,
+    State,
+    TaskMessage,
+    TaskState,
+    decode_task,
+    encode,
+)
 from vecna_async.tasks.args import coerce_typed_arg
 from vecna_async.tasks.registry import TaskEntry, TaskRegistry
 from vecna_async.tasks.signature import Signature
@@ -45,6 +53,21 @@ def fibonacci_delay(attempt: int) -> int:
     for _ in range(attempt):
         a, b = b, a + b
     return a
+
+
+def undecodable_reason(body: bytes, exc: Exception) -> str:
+    """Why a stored message cannot be read: a format version this worker does not know (sent by
+    a newer vecna_async?) or plain garbage."""
+    try:
+        version = msgspec.json.decode(body).get("v", FORMAT_VERSION)
+    except (msgspec.DecodeError, AttributeError):
+        version = FORMAT_VERSION
+    if version != FORMAT_VERSION:
+        return (
+            f"unknown message format version {version!r} (this worker reads version "
+            f"{FORMAT_VERSION}; sent by a newer vecna_async?): {exc}"
+        )
+    return f"malformed message (cannot decode it: {exc})"
 
 
 def error_string(exc: BaseException) -> str:
@@ -67,7 +90,7 @@ class Executor:
         try:
             msg = decode_task(c.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            reason = f"malformed message (cannot decode it: {exc})"
+            reason = undecodable_reason(c.body, exc)
             log.error("task %s in queue %r dead-lettered: %s", c.id, c.queue, reason)
             self._flusher.dead(c, reason, self._final(c.id, "", State.FAILURE, error=reason))
             return
@@ -104,6 +127,21 @@ class Executor:
             done = Done(c.id, c.token, state, self._on_success(msg, results))
             done.chord = self._chord_success(msg, results)
             self._flusher.done(c, done, msg.reply_to)
+
+    def dead_lettered(self, dead: list[Claimed]) -> None:
+        """Messages a claim dead-lettered: store why, for their waiters (separate backend)."""
+        writes = []
+        for c in dead:
+            try:
+                msg = decode_task(c.body)
+                name, reply_to = msg.name, msg.reply_to
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                name, reply_to = "", ""
+            log.error("task %s (%s) dead-lettered: %s", name, c.id, c.dead_reason)
+            error = f"dead-lettered: {c.dead_reason}"
+            state = self._final(c.id, name, State.FAILURE, error=error)
+            writes.append(StateWrite(c.queue, c.id, state, reply_to))
+        self._flusher.dead_lettered_by_claim(dead, writes)
 
     async def _call(self, entry: TaskEntry, msg: TaskMessage) -> Any:
         args = msg.args
@@ -195,12 +233,11 @@ class Executor:
     def _out(self, cb: TaskMessage, values: list[Any], *, prepend: bool) -> Outgoing | None:
         """A follow-up message with ``values`` added to its args; None (logged) if it is too big."""
         if values:
-            types = _padded(cb.arg_types, len(cb.args))
-            new = [""] * len(values)
             cb = msgspec.structs.replace(
                 cb,
                 args=[*values, *cb.args] if prepend else [*cb.args, *values],
-                arg_types=([*new, *types] if prepend else [*types, *new]) if cb.arg_types else [],
+                arg_types=_shifted(cb.arg_types, len(cb.args), len(values), prepend),
+                arg_names=_shifted(cb.arg_names, len(cb.args), len(values), prepend),
             )
         try:
             return outgoing(cb, self._max_bytes)
@@ -218,6 +255,14 @@ class Executor:
 def _retryable(exc: BaseException) -> bool:
     """Retrying cannot fix a bad argument, an unknown task or an unencodable result."""
     return not isinstance(exc, ArgumentTypeError | TaskNotRegistered | ResultEncodeError)
+
+
+def _shifted(column: list[str], n: int, added: int, prepend: bool) -> list[str]:
+    """A per-argument column (types, names) after ``added`` untyped values join the args."""
+    if not column:
+        return []
+    padded, new = _padded(column, n), [""] * added
+    return [*new, *padded] if prepend else [*padded, *new]
 
 
 def _padded(types: list[str], n: int) -> list[str]:

@@ -88,6 +88,14 @@ class Flusher:
         if self._store is not None:
             p.writes[c.id] = StateWrite(c.queue, c.id, state, reply_to)
 
+    def dead_lettered_by_claim(self, dead: list[Claimed], states: list[StateWrite]) -> None:
+        """Store the FAILURE states of messages a claim dead-lettered (separate backend only)."""
+        if self._store is None:
+            return
+        for c, w in zip(dead, states, strict=True):
+            p = self._slot(c.queue)
+            p.writes[c.id] = w
+
     def release(self, c: Claimed) -> None:
         p = self._slot(c.queue)
         p.started.pop(c.id, None)
@@ -124,10 +132,10 @@ class Flusher:
                     p.writes.setdefault(i, StateWrite(queue, i, encode(mark)))
             started, p.started = p.started, {}
             writes, p.writes = p.writes, {}
-            if not len(batch):
+            if not len(batch) and not writes:
                 continue
             try:
-                lost = await self._broker.settle(batch)
+                lost = await self._broker.settle(batch) if len(batch) else []
                 if self._store is not None:
                     dropped = set(lost)
                     await self._store.store([w for k, w in writes.items() if k not in dropped])

@@ -5,7 +5,8 @@ the Flusher settles outcomes in batches, the Heartbeat renews leases, and (unles
 Scheduler promotes due delayed entries. Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
 ``launch()``): claim nothing more, let running tasks finish for up to ``Config.shutdown_grace``
 seconds, then cancel the rest and hand their messages back to the queue at once, so no message
-waits for a lease to expire. A second signal skips the grace period.
+waits for a lease to expire. A second signal (half a second after the first or later) skips
+the grace period.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vecna_async.worker")
 UNLIMITED = 1_000_000_000
 DRAIN_SECONDS = 10.0
+SIGNAL_DEBOUNCE = 0.5
+"""A second signal within this many seconds of the first is the same request, not a second one."""
 
 
 class Worker:
@@ -75,7 +79,9 @@ class Worker:
                 rt.broker, rt.backend if rt.separate_backend else None, in_flight.forget
             )
             executor = Executor(registry, flusher, rt.keys, rt.config.redis.max_message_bytes)
-            executor.error_handler = self._error_handler
+            executor.error_handler = lambda sig, exc: (
+                self._error_handler(sig, exc) if self._error_handler else None
+            )
             slots = anyio.Semaphore(self.concurrency or UNLIMITED)
             r = rt.config.redis
             consumer = Consumer(
@@ -85,6 +91,7 @@ class Worker:
                 slots,
                 in_flight,
                 executor.run,
+                executor.dead_lettered,
                 claim_batch=min(r.claim_batch, self.concurrency or r.claim_batch),
                 poll_seconds=r.normal_tasks_poll_period / 1000,
             )
@@ -128,10 +135,15 @@ class Worker:
             tasks.cancel_scope.cancel()  # what is still running is handed back (Executor.run)
 
     async def _watch_signals(self) -> None:
+        first_at = 0.0
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
+                now = time.monotonic()
+                if self._signals and now - first_at < SIGNAL_DEBOUNCE:
+                    continue  # the same stop sent twice (terminal + supervisor, systemd's cgroup)
                 self._signals += 1
                 if self._signals == 1:
+                    first_at = now
                     log.info(
                         "worker %s: %s, stopping gracefully", self.name, signal.Signals(signum).name
                     )
