@@ -60,6 +60,12 @@ class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_certfile: str = ""
     tls_keyfile: str = ""
     tls_verify: bool = True
+    # Accepted so a seed config.yml loads unchanged; vecna_async builds every key name from
+    # key_prefix (keys.py), so these are not used.
+    delayed_tasks_key: str = ""
+    delayed_tasks_cache_key: str = ""
+    periodic_tasks_key: str = ""
+    canceled_tasks_key: str = ""
 
     def __post_init__(self) -> None:
         _positive(self, "max_active", allow_zero=True)
@@ -94,6 +100,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     result_backend: str | None = None
     results_expire_in: int = 3600
     shutdown_grace: float = 30.0
+    lock: str = ""  # the seed's lock URL; accepted for compatibility, not used
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
 
     def __post_init__(self) -> None:

@@ -364,3 +364,25 @@ def test_bad_urls_name_the_field_and_hide_the_password(url: str, why: str) -> No
 def test_bad_url_default_field_is_broker() -> None:
     with pytest.raises(ConfigError, match=r"^broker: "):
         parse_url("nonsense")
+
+
+def test_a_seed_config_yml_loads_unchanged(tmp_path: Path) -> None:
+    """Every field of the seed's YAML is accepted; the key-name and lock fields are not used."""
+    path = tmp_path / "seed.yml"
+    path.write_text(
+        "broker: redis://127.0.0.1:6379\n"
+        "lock: redis://127.0.0.1:6379\n"
+        "default_queue: vecna_tasks\n"
+        "result_backend: redis://127.0.0.1:6379\n"
+        "results_expire_in: 3600\n"
+        "redis:\n"
+        "  max_idle: 3\n  max_active: 3\n  max_idle_timeout: 240\n  wait: true\n"
+        "  read_timeout: 15\n  write_timeout: 15\n  connect_timeout: 15\n"
+        "  normal_tasks_poll_period: 1000\n  delayed_tasks_poll_period: 500\n"
+        "  delayed_tasks_key: delayed_tasks\n  delayed_tasks_cache_key: cache\n"
+        "  periodic_tasks_key: periodic\n  canceled_tasks_key: canceled\n"
+        "  master_name: ''\n"
+    )
+    cnf = Config.from_yaml(path)
+    assert cnf.redis.max_active == 3
+    assert cnf.redis.delayed_tasks_poll_period == 500
