@@ -7,6 +7,9 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:{q}:delayed        ZSET  id -> due time (epoch ms): ETA tasks and retries
     vecna:{q}:leases         ZSET  id -> lease deadline (epoch ms) of claimed messages
     vecna:{q}:dead           ZSET  id -> time it was dead-lettered (epoch ms)
+    vecna:{q}:dead_pending   ZSET  dead-lettered ids whose aftermath (on_error callbacks, a stopped
+                                   chain, a failed chord) a worker has yet to settle -> when to
+                                   offer it again
     vecna:{q}:wake           LIST  wake-up tokens for idle workers (never needed for correctness)
     vecna:{q}:seq            STR   enqueue sequence (FIFO order inside a priority)
     vecna:{q}:m:<id>         HASH  the message record: b=body n=name p=order score d=deliveries
@@ -67,6 +70,7 @@ class QueueKeys(NamedTuple):
     request_prefix: str
     tombstone_prefix: str
     chord_prefix: str
+    dead_pending: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
@@ -121,4 +125,5 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         request_prefix=base + "req:",
         tombstone_prefix=base + "x:",
         chord_prefix=base + "g:",
+        dead_pending=base + "dead_pending",
     )

@@ -52,10 +52,10 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
     else:
         backend_clients = broker_clients
     channel = keys.reply_channel(server_id)
-    broker = RedisBroker(broker_clients, keys, config, write_states=not separate)
     backend = RedisBackend(
         backend_clients, keys, config.results_expire_in, channel, shares_broker=not separate
     )
+    broker = RedisBroker(broker_clients, keys, config, state_store=backend if separate else None)
     listener = ResultListener(backend_clients.main, channel)
     return Runtime(
         config=config,

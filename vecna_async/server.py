@@ -137,10 +137,10 @@ class Server:
 
     async def _publish(self, messages: list[TaskMessage], concurrency: int = 0) -> None:
         rt = self._runtime()
-        if rt.cluster and len({m.queue for m in walk(messages)}) > 1:
+        if rt.cluster and any(len({x.queue for x in walk([m])}) > 1 for m in messages):
             raise ValueError(
-                "on Redis Cluster, the tasks and callbacks of one send must share one queue "
-                "(one hash slot): set the same routing_key on all of them"
+                "on Redis Cluster, a task and its callbacks (or a workflow's tasks) must share "
+                "one queue (one hash slot): set the same routing_key on all of them"
             )
         await publish(
             rt.broker, messages, self.config.redis.max_message_bytes, concurrency=concurrency

@@ -11,12 +11,15 @@ from vecna_async.messages import TaskState
 
 @dataclass(slots=True)
 class StateWrite:
-    """One state to store; ``reply_to`` is the channel to publish a final state on ("" = none)."""
+    """One state to store; ``reply_to`` is the channel to publish a final state on ("" = none);
+    ``if_absent`` stores it only where no state is yet (a follow-up's PENDING, which its worker
+    may have overtaken)."""
 
     queue: str
     task_id: str
     state: bytes
     reply_to: str = ""
+    if_absent: bool = False
 
 
 class Backend(Protocol):

@@ -51,7 +51,8 @@ class RedisBackend:
         replies: dict[str, list[bytes]] = defaultdict(list)
         async with unavailable_as(self._where), self.client.pipeline(transaction=False) as pipe:
             for w in writes:
-                pipe.set(self._keys.queue(w.queue).state(w.task_id), w.state, ex=self._ttl)
+                key = self._keys.queue(w.queue).state(w.task_id)
+                pipe.set(key, w.state, ex=self._ttl, nx=w.if_absent)
                 if w.reply_to:
                     replies[w.reply_to].append(w.task_id.encode() + b"\t" + w.state + b"\n")
             for channel, lines in replies.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from vecna_async.messages import DeadLetter
 from vecna_async.tasks.signature import Signature
@@ -20,8 +20,9 @@ from vecna_async.tasks.wire import Outgoing
 class Claimed:
     """A message claimed by a worker: its raw body, how often it was delivered, its lease token.
 
-    ``dead_reason`` is set instead for a message the claim dead-lettered (its leases kept
-    expiring) when states live on a separate backend: the worker only stores its FAILURE.
+    ``dead_reason`` is set instead (not None) for a dead letter whose aftermath the worker must
+    settle: ``on_error`` callbacks, a stopped chain, a failed chord, and the FAILURE state on a
+    separate backend. It is not run.
     """
 
     queue: str
@@ -30,7 +31,7 @@ class Claimed:
     deliveries: int
     token: str
     unregistered: bool
-    dead_reason: str = ""
+    dead_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -97,18 +98,17 @@ class SettleBatch:
     queue: str
     started: list[tuple[str, str]] = field(default_factory=list)
     done: list[Done] = field(default_factory=list)
+    aftermath: list[Done] = field(default_factory=list)
+    """Follow-ups of messages a claim dead-lettered (no token: applied once, if still dead)."""
     retry: list[tuple[str, str, bytes, bytes, int]] = field(default_factory=list)
     dead: list[tuple[str, str, str, bytes]] = field(default_factory=list)
     release: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return (
-            len(self.started)
-            + len(self.done)
-            + len(self.retry)
-            + len(self.dead)
-            + len(self.release)
-        )
+        parts: tuple[list[Any], ...] = (
+            self.started, self.done, self.aftermath, self.retry, self.dead, self.release
+        )  # fmt: skip
+        return sum(len(p) for p in parts)
 
 
 class Broker(Protocol):

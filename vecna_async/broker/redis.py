@@ -13,7 +13,15 @@ import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Promoted, SettleBatch
+from vecna_async.backend.base import Backend, StateWrite
+from vecna_async.broker.base import (
+    ChordFailure,
+    ChordSuccess,
+    Claimed,
+    Done,
+    Promoted,
+    SettleBatch,
+)
 from vecna_async.config import Config
 from vecna_async.connection import RedisClients, raw, text
 from vecna_async.exceptions import BrokerUnavailable
@@ -69,7 +77,14 @@ def _chord_args(chord: ChordSuccess | ChordFailure | None, qi: Callable[[str], i
 class RedisBroker:
     """Queues in Redis with at-least-once delivery (leases, fencing tokens, dead letters)."""
 
-    def __init__(self, clients: RedisClients, keys: Keys, config: Config, write_states: bool):
+    def __init__(
+        self, clients: RedisClients, keys: Keys, config: Config, state_store: Backend | None
+    ):
+        """``state_store`` is the result backend when it is another Redis than this one: the
+        broker's scripts cannot write states there, so the broker mirrors the states it would
+        have written (PENDING at send, CANCELED at cancel) through it."""
+        write_states = state_store is None
+        self._store = state_store
         self._main = clients.main
         self._blocking = clients.blocking
         self.where = clients.target.describe()
@@ -93,6 +108,8 @@ class RedisBroker:
         for m in messages:
             by_queue[m.queue].append(m)
         request_id = request_id or uuid.uuid4().hex
+        if self._store is not None:  # first: written after, it could overwrite a fast result
+            await self._store.store([StateWrite(m.queue, m.id, m.pending_state) for m in messages])
         async with unavailable_as(self.where):
             for queue, batch in by_queue.items():
                 args: list[Any] = [*self._meta(queue), request_id, request_ttl, self._ttl]
@@ -140,7 +157,7 @@ class RedisBroker:
         out = []
         for i in range(0, len(flat), 4):
             flag = text(flat[i + 3])
-            dead = flag[5:] if flag.startswith("dead:") else ""
+            dead = flag[5:] if flag.startswith("dead:") else None
             out.append(
                 Claimed(queue, text(flat[i]), raw(flat[i + 1]), int(flat[i + 2]), token,
                         flag == "unregistered", dead)
@@ -153,17 +170,22 @@ class RedisBroker:
         def qi(queue: str) -> int:
             return 0 if queue == batch.queue else others.setdefault(queue, len(others) + 1)
 
+        def after(d: Done) -> list[Any]:
+            out: list[Any] = [len(d.follow_ups)]
+            for m in d.follow_ups:
+                out += _follow_args(qi(m.queue), m)
+            out.append(len(d.extra_states))
+            for x in d.extra_states:
+                out += [qi(x.queue), x.task_id, x.state, x.reply_to]
+            return out + _chord_args(d.chord, qi)
+
         entries: list[Any] = []
         for task_id, token in batch.started:
             entries += ["S", task_id, token]
         for d in batch.done:
-            entries += ["D", d.task_id, d.token, d.state, len(d.follow_ups)]
-            for m in d.follow_ups:
-                entries += _follow_args(qi(m.queue), m)
-            entries.append(len(d.extra_states))
-            for x in d.extra_states:
-                entries += [qi(x.queue), x.task_id, x.state, x.reply_to]
-            entries += _chord_args(d.chord, qi)
+            entries += ["D", d.task_id, d.token, d.state, *after(d)]
+        for d in batch.aftermath:
+            entries += ["K", d.task_id, d.state, *after(d)]
         for task_id, token, state, body, due_ms in batch.retry:
             entries += ["R", task_id, token, state, body, due_ms]
         for task_id, token, reason, state in batch.dead:
@@ -196,7 +218,7 @@ class RedisBroker:
     async def promote_due(self, queue: str, limit: int) -> Promoted:
         async with unavailable_as(self.where):
             moved, now, nxt = await script("promote")(
-                self._main, list(self._q(queue)), [*self._meta(queue), limit]
+                self._main, list(self._q(queue)), [*self._meta(queue), limit, self._flag, self._ttl]
             )
         return Promoted(int(moved), int(now), int(nxt))
 
@@ -243,10 +265,32 @@ class RedisBroker:
             return out
 
     async def cancel(self, queue: str, task_ids: Sequence[str]) -> list[bool]:
+        if self._store is not None:
+            return await self._cancel_with_store(queue, task_ids, self._store)
         args = [*self._meta(queue), self._flag, self._ttl, *task_ids]
         async with unavailable_as(self.where):
             flags = await script("cancel")(self._main, list(self._q(queue)), args)
         return [bool(f) for f in flags]
+
+    async def _cancel_with_store(
+        self, queue: str, task_ids: Sequence[str], store: Backend
+    ) -> list[bool]:
+        """Cancel with states on another Redis: a finished task (seen there) is left alone."""
+        states = {i: await store.get_state(queue, i) for i in task_ids}
+        open_ids = [i for i, st in states.items() if not (st and st.is_completed())]
+        args = [*self._meta(queue), self._flag, self._ttl, *open_ids]
+        async with unavailable_as(self.where):
+            reply = await script("cancel")(self._main, list(self._q(queue)), args)
+        flags = dict(zip(open_ids, reply, strict=True))
+        writes = []
+        for i in open_ids:
+            if flags[i]:
+                st = states[i]
+                name = st.task_name if st else ""
+                canceled = TaskState(task_id=i, state=State.CANCELED, task_name=name)
+                writes.append(StateWrite(queue, i, encode(canceled), store.reply_channel))
+        await store.store(writes)
+        return [bool(flags.get(i)) for i in task_ids]
 
     async def requeue_dead_letter(self, queue: str, task_id: str) -> bool:
         pending = b""

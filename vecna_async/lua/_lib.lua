@@ -1,9 +1,9 @@
 -- Shared helpers; vecna_async.scripts prepends this file to every script.
--- Key names come from vecna_async/keys.py through KEYS (a queue's 13 keys, in QueueKeys order) and,
+-- Key names come from vecna_async/keys.py through KEYS (a queue's 14 keys, in QueueKeys order) and,
 -- for other queues, through ARGV. Ids, queue and task names are restricted to JSON-safe characters
 -- (keys.check_name), which is what lets state_json() below build JSON by concatenation.
 
-local QUEUE_KEY_COUNT = 13
+local QUEUE_KEY_COUNT = 14
 local PRIORITY_WEIGHT = 1099511627776 -- 2^40: one priority step outweighs any FIFO sequence number
 
 local function now_ms()
@@ -16,7 +16,7 @@ local function queue_keys(list, o)
     ready = list[o + 1], delayed = list[o + 2], leases = list[o + 3], dead = list[o + 4],
     wake = list[o + 5], seq = list[o + 6], record = list[o + 7], state = list[o + 8],
     parked = list[o + 9], parked_prefix = list[o + 10], request = list[o + 11],
-    tombstone = list[o + 12], chord = list[o + 13],
+    tombstone = list[o + 12], chord = list[o + 13], dead_pending = list[o + 14],
   }
 end
 
@@ -118,10 +118,8 @@ local function dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
 end
 
 -- Leases past their deadline go back to ready, or to the dead set after max_deliveries.
--- Returns the dead-lettered ones as {id, deliveries, reason} (for states on a separate backend).
 local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_states)
   local expired = redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, limit)
-  local dead = {}
   for _, id in ipairs(expired) do
     redis.call('ZREM', q.leases, id)
     local rk = q.record .. id
@@ -132,7 +130,7 @@ local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_stat
         local reason = 'delivered ' .. d .. ' times and every lease expired without an ack'
           .. ' (the task keeps killing or stalling its worker?)'
         dead_letter(q, now, id, reason, nil, ttl, pubs, write_states)
-        dead[#dead + 1] = { id, d, reason }
+        redis.call('ZADD', q.dead_pending, now, id) -- a worker settles what follows from it
       else
         redis.call('HDEL', rk, 'o')
         redis.call('ZADD', q.ready, r[2], id)
@@ -142,5 +140,4 @@ local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_stat
   if #expired > 0 then
     wake(q)
   end
-  return dead
 end

@@ -2,7 +2,7 @@
 -- KEYS: the queue's keys. ARGV: queue, sched_channel, token, request_id, max_n, lease_ms,
 --   max_deliveries, write_states (0/1), state_ttl, reap_limit, then the task names the worker knows.
 -- Returns a flat list: id, body, deliveries, flag per message: flag '' (claimed), 'unregistered'
--- (claimed to fail it), or 'dead:<reason>' (dead-lettered now; only without write_states).
+-- (claimed to fail it), or 'dead:<reason>' (a dead letter whose aftermath is to be settled).
 -- Messages of names this worker does not know are parked for a worker that knows them, unless
 -- they ask to fail when unregistered. Expired leases are reaped first, so any live worker
 -- redelivers the messages of a dead one.
@@ -39,14 +39,20 @@ end
 
 local now = now_ms()
 local pubs = {}
-local dead = reap_expired(q, now, reap_limit, max_deliveries, ttl, pubs, write_states)
-if not write_states then
-  -- the worker stores their FAILURE state on the separate result backend
-  for _, x in ipairs(dead) do
-    out[#out + 1] = x[1]
-    out[#out + 1] = redis.call('HGET', q.record .. x[1], 'b') or ''
-    out[#out + 1] = x[2]
-    out[#out + 1] = 'dead:' .. x[3]
+reap_expired(q, now, reap_limit, max_deliveries, ttl, pubs, write_states)
+-- Dead letters whose aftermath (on_error callbacks, a stopped chain, a failed chord; the FAILURE
+-- state on a separate backend) no worker has settled yet: offered again after a lease period if
+-- the worker that took them dies first; the settle applies each once.
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.dead_pending, '-inf', now, 'LIMIT', 0, 100)) do
+  local r = redis.call('HMGET', q.record .. id, 'b', 'd', 'e')
+  if r[1] then
+    redis.call('ZADD', q.dead_pending, now + lease_ms, id)
+    out[#out + 1] = id
+    out[#out + 1] = r[1]
+    out[#out + 1] = r[2]
+    out[#out + 1] = 'dead:' .. (r[3] or '')
+  else
+    redis.call('ZREM', q.dead_pending, id)
   end
 end
 

@@ -1,15 +1,20 @@
 -- Move due entries of the delayed set to ready, at most `limit` per call.
--- KEYS: the queue's keys. ARGV: queue, sched_channel, limit.
+-- KEYS: the queue's keys. ARGV: queue, sched_channel, limit, write_states (0/1), state_ttl.
 -- Returns {moved, now_ms, next_due_ms or -1}; time is Redis's, so schedulers on skewed hosts agree.
 local q = queue_keys(KEYS, 0)
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 local moved = 0
+local pubs = {}
 for _, id in ipairs(due) do
   redis.call('ZREM', q.delayed, id)
-  local p = redis.call('HGET', q.record .. id, 'p')
+  local r = redis.call('HMGET', q.record .. id, 'p', 'n', 'r')
+  local p = r[1]
   if p and redis.call('EXISTS', q.tombstone .. id) == 1 then
-    redis.call('DEL', q.record .. id) -- canceled: its state was set by cancel.lua
+    redis.call('DEL', q.record .. id) -- canceled while it waited: it never runs
+    if ARGV[4] == '1' then
+      store_state(q, pubs, id, state_json(id, 'CANCELED', r[2]), r[3], tonumber(ARGV[5]))
+    end
   elseif p then
     redis.call('ZADD', q.ready, p, id)
     moved = moved + 1
@@ -18,5 +23,6 @@ end
 if moved > 0 then
   wake(q)
 end
+publish_replies(pubs)
 local nxt = redis.call('ZRANGE', q.delayed, 0, 0, 'WITHSCORES')
 return {moved, now, tonumber(nxt[2] or -1)}

@@ -10,7 +10,8 @@ local p = redis.call('HGET', rk, 'p')
 if not p then
   return 0
 end
-redis.call('HDEL', rk, 'e', 't', 'o')
+redis.call('HDEL', rk, 'e', 't', 'o', 'k')
+redis.call('ZREM', q.dead_pending, id)
 redis.call('HSET', rk, 'd', 0)
 redis.call('ZADD', q.ready, p, id)
 if ARGV[4] ~= '' then

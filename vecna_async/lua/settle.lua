@@ -2,23 +2,24 @@
 -- no longer owns the message (its lease expired and another worker took it, or it was settled
 -- already) changes nothing and its id is returned as lost.
 -- KEYS: the queue's keys. ARGV: queue, sched_channel, write_states (0/1), state_ttl, n_other,
---   then n_other x (13 keys + queue name) of other queues that follow-ups go to, then entries:
---   S id token                      started: state STARTED
---   D id token state n_follow [follow-up x 9] n_extra [extra x 4] chord_kind [chord fields]
---       done: ack, store the final state, then
---       follow-ups to enqueue: queue_index (0 = this queue) id name body priority due ignore
---         reply pending_state
---       extra states to store (a stopped chain's later links): queue_index id state reply
---       chord_kind '-' none; 'S' a member succeeded: group_key fired_key index count results
---         cb_queue_index cb_id cb_name cb_body_prefix cb_body_suffix cb_priority cb_due cb_ignore
---         cb_reply cb_pending_state (15 fields) -- the last member to succeed sends the callback, exactly once
---         (the fired key), with every member's results spliced into its args in group order;
---       'F' a member failed for good: fired_key cb_queue_index cb_id cb_failure_state cb_reply --
---         the callback will never be sent and its state says why
---   R id token state body delay_ms  retry: new body, back to the delayed set (ready if delay 0)
---   X id token reason state         dead-letter with a reason
---   L id token                      release: hand back to ready (graceful shutdown), not counted
---                                   as a delivery
+--   then n_other x (14 keys + queue name) of other queues that follow-ups go to, then entries:
+--   S id token                   started: state STARTED
+--   D id token state AFTER       done: ack, store the final state, then apply AFTER
+--   K id state AFTER             the aftermath of a message the claim dead-lettered: apply AFTER
+--                                once (fenced by the dead set and a flag on the record)
+--   R id token state body delay  retry: new body, back to the delayed set (ready if delay 0)
+--   X id token reason state      dead-letter with a reason
+--   L id token                   release: back to ready (graceful shutdown), not a delivery
+-- AFTER = n_follow [follow-up x 9] n_extra [extra x 4] chord_kind [chord fields]:
+--   follow-ups to enqueue: queue_index (0 = this queue) id name body priority due ignore reply
+--     pending_state
+--   extra states to store (a stopped chain's later links): queue_index id state reply
+--   chord_kind '-' none; 'S' a member succeeded (15 fields): group_key fired_key index count
+--     results cb_queue_index cb_id cb_name cb_body_prefix cb_body_suffix cb_priority cb_due
+--     cb_ignore cb_reply cb_pending_state -- the last member to succeed sends the callback, exactly
+--     once (the fired key), with every member's results spliced into its args in group order;
+--     'F' a member failed for good (5 fields): fired_key cb_queue_index cb_id cb_failure_state
+--     cb_reply -- the callback will never be sent and its state says why
 local q = queue_keys(KEYS, 0)
 local queue, sched_channel = ARGV[1], ARGV[2]
 local write_states, ttl = ARGV[3] == '1', tonumber(ARGV[4])
@@ -38,6 +39,73 @@ local function owned(rk, token)
   return redis.call('HGET', rk, 'o') == token
 end
 
+local function enqueue_at(qi, a)
+  local due = ARGV[a + 4]
+  if enqueue(queues[qi], now, ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], due,
+      ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ttl) == 3 then
+    announce_due(sched_channel, names[qi], due)
+  end
+end
+
+-- Where the AFTER part starting at `a` ends (the index of the next entry).
+local function after_end(a)
+  local n_follow = tonumber(ARGV[a])
+  local e = a + 1 + n_follow * 9
+  local c = e + 1 + tonumber(ARGV[e]) * 4
+  local kind = ARGV[c]
+  return c + 1 + (kind == 'S' and 15 or (kind == 'F' and 5 or 0))
+end
+
+local function send_chord_callback(c)
+  local gk, fired, count = ARGV[c + 1], ARGV[c + 2], tonumber(ARGV[c + 4])
+  redis.call('HSET', gk, ARGV[c + 3], ARGV[c + 5])
+  redis.call('EXPIRE', gk, ttl)
+  if redis.call('HLEN', gk) < count or not redis.call('SET', fired, '1', 'NX', 'EX', ttl) then
+    return
+  end
+  local parts = {}
+  for k = 0, count - 1 do
+    local v = redis.call('HGET', gk, tostring(k))
+    if v and v ~= '' then
+      parts[#parts + 1] = v
+    end
+  end
+  local joined = table.concat(parts, ',')
+  local prefix = ARGV[c + 9]
+  if joined == '' then
+    prefix = (string.gsub(prefix, ',$', ''))
+  end
+  -- the callback's fields, laid out as a follow-up's minus the body (spliced here)
+  local qi = tonumber(ARGV[c + 6])
+  local due = ARGV[c + 12]
+  if enqueue(queues[qi], now, ARGV[c + 7], ARGV[c + 8], prefix .. joined .. ARGV[c + 10],
+      ARGV[c + 11], due, ARGV[c + 13], ARGV[c + 14], ARGV[c + 15], ttl) == 3 then
+    announce_due(sched_channel, names[qi], due)
+  end
+end
+
+-- Apply the AFTER part starting at `a`.
+local function apply_after(a)
+  local n_follow = tonumber(ARGV[a])
+  for f = a + 1, a + n_follow * 9, 9 do
+    enqueue_at(tonumber(ARGV[f]), f + 1)
+  end
+  local e = a + 1 + n_follow * 9
+  local c = e + 1 + tonumber(ARGV[e]) * 4
+  if write_states then
+    for x = e + 1, c - 1, 4 do
+      store_state(queues[tonumber(ARGV[x])], pubs, ARGV[x + 1], ARGV[x + 2], ARGV[x + 3], ttl)
+    end
+  end
+  if ARGV[c] == 'S' then
+    send_chord_callback(c)
+  elseif ARGV[c] == 'F' then
+    if redis.call('SET', ARGV[c + 1], 'failed', 'NX', 'EX', ttl) and write_states then
+      store_state(queues[tonumber(ARGV[c + 2])], pubs, ARGV[c + 3], ARGV[c + 4], ARGV[c + 5], ttl)
+    end
+  end
+end
+
 while i <= #ARGV do
   local kind, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local rk = q.record .. id
@@ -52,13 +120,9 @@ while i <= #ARGV do
       lost[#lost + 1] = id
     end
   elseif kind == 'D' then
-    local state, n_follow = ARGV[i + 3], tonumber(ARGV[i + 4])
-    local first_follow = i + 5
-    local n_extra = tonumber(ARGV[first_follow + n_follow * 9])
-    local first_extra = first_follow + n_follow * 9 + 1
-    local c = first_extra + n_extra * 4 -- the chord kind
-    local chord_kind = ARGV[c]
-    i = c + 1 + (chord_kind == 'S' and 15 or (chord_kind == 'F' and 5 or 0))
+    local state = ARGV[i + 3]
+    local a = i + 4
+    i = after_end(a)
     local r = redis.call('HMGET', rk, 'o', 'r')
     if r[1] == token then
       redis.call('DEL', rk)
@@ -66,47 +130,20 @@ while i <= #ARGV do
       if write_states then
         store_state(q, pubs, id, state, r[2], ttl)
       end
-      for f = first_follow, first_extra - 2, 9 do
-        local qi = tonumber(ARGV[f])
-        local due = ARGV[f + 5]
-        if enqueue(queues[qi], now, ARGV[f + 1], ARGV[f + 2], ARGV[f + 3], ARGV[f + 4], due,
-            ARGV[f + 6], ARGV[f + 7], ARGV[f + 8], ttl) == 3 then
-          announce_due(sched_channel, names[qi], due)
-        end
+      apply_after(a)
+    else
+      lost[#lost + 1] = id
+    end
+  elseif kind == 'K' then
+    local state = token -- K has no token: its third field is the state
+    local a = i + 3
+    i = after_end(a)
+    redis.call('ZREM', q.dead_pending, id)
+    if redis.call('ZSCORE', q.dead, id) and redis.call('HSETNX', rk, 'k', '1') == 1 then
+      if write_states and state ~= '' then
+        store_state(q, pubs, id, state, redis.call('HGET', rk, 'r'), ttl)
       end
-      if write_states then
-        for e = first_extra, c - 1, 4 do
-          store_state(queues[tonumber(ARGV[e])], pubs, ARGV[e + 1], ARGV[e + 2], ARGV[e + 3], ttl)
-        end
-      end
-      if chord_kind == 'S' then
-        local gk, fired, count = ARGV[c + 1], ARGV[c + 2], tonumber(ARGV[c + 4])
-        redis.call('HSET', gk, ARGV[c + 3], ARGV[c + 5])
-        redis.call('EXPIRE', gk, ttl)
-        if redis.call('HLEN', gk) >= count and redis.call('SET', fired, '1', 'NX', 'EX', ttl) then
-          local parts = {}
-          for k = 0, count - 1 do
-            local v = redis.call('HGET', gk, tostring(k))
-            if v and v ~= '' then
-              parts[#parts + 1] = v
-            end
-          end
-          local joined = table.concat(parts, ',')
-          local prefix = ARGV[c + 9]
-          if joined == '' then
-            prefix = (string.gsub(prefix, ',$', ''))
-          end
-          local qi, due = tonumber(ARGV[c + 6]), ARGV[c + 12]
-          if enqueue(queues[qi], now, ARGV[c + 7], ARGV[c + 8], prefix .. joined .. ARGV[c + 10],
-              ARGV[c + 11], due, ARGV[c + 13], ARGV[c + 14], ARGV[c + 15], ttl) == 3 then
-            announce_due(sched_channel, names[qi], due)
-          end
-        end
-      elseif chord_kind == 'F' then
-        if redis.call('SET', ARGV[c + 1], 'failed', 'NX', 'EX', ttl) and write_states then
-          store_state(queues[tonumber(ARGV[c + 2])], pubs, ARGV[c + 3], ARGV[c + 4], ARGV[c + 5], ttl)
-        end
-      end
+      apply_after(a)
     else
       lost[#lost + 1] = id
     end

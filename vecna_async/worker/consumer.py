@@ -77,9 +77,9 @@ class Consumer:
                 await self._idle(anyio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
                 continue
-            dead = [c for c in claimed if c.dead_reason]
+            dead = [c for c in claimed if c.dead_reason is not None]
             if dead:
-                claimed = [c for c in claimed if not c.dead_reason]
+                claimed = [c for c in claimed if c.dead_reason is None]
                 self._on_dead(dead)
             self._give_back(n - len(claimed))
             for c in claimed:

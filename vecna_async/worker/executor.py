@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import msgspec
 
-from vecna_async.backend.base import StateWrite
 from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Done, ExtraState
 from vecna_async.exceptions import (
     ArgumentTypeError,
@@ -129,19 +128,16 @@ class Executor:
             self._flusher.done(c, done, msg.reply_to)
 
     def dead_lettered(self, dead: list[Claimed]) -> None:
-        """Messages a claim dead-lettered: store why, for their waiters (separate backend)."""
-        writes = []
+        """Messages a claim dead-lettered (their leases kept expiring): settle what follows from
+        the failure — ``on_error`` callbacks, a stopped chain, a failed chord — once."""
         for c in dead:
             try:
                 msg = decode_task(c.body)
-                name, reply_to = msg.name, msg.reply_to
             except (msgspec.DecodeError, msgspec.ValidationError):
-                name, reply_to = "", ""
-            log.error("task %s (%s) dead-lettered: %s", name, c.id, c.dead_reason)
-            error = f"dead-lettered: {c.dead_reason}"
-            state = self._final(c.id, name, State.FAILURE, error=error)
-            writes.append(StateWrite(c.queue, c.id, state, reply_to))
-        self._flusher.dead_lettered_by_claim(dead, writes)
+                msg = TaskMessage(id=c.id, name="", queue=c.queue)
+            log.error("task %s (%s) dead-lettered: %s", msg.name, c.id, c.dead_reason)
+            done = self._failure(c, msg, f"dead-lettered: {c.dead_reason}", "")
+            self._flusher.aftermath(c, done, msg.reply_to)
 
     async def _call(self, entry: TaskEntry, msg: TaskMessage) -> Any:
         args = msg.args
@@ -170,6 +166,12 @@ class Executor:
         err = error_string(exc)
         tb = "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]
         log.warning("task %s (%s) failed: %s", msg.name, msg.id, err)
+        self._flusher.done(c, self._failure(c, msg, err, tb), msg.reply_to)
+        await self._call_error_handler(msg, exc)
+
+    def _failure(self, c: Claimed, msg: TaskMessage, err: str, tb: str) -> Done:
+        """A final failure: its state, its on_error callbacks (error string first), FAILURE on
+        the later links of its chain, and its chord marked failed."""
         state = self._final(msg.id, msg.name, State.FAILURE, error=err, tb=tb)
         follow = [self._out(cb, [err], prepend=True) for cb in msg.on_error]
         done = Done(c.id, c.token, state, [m for m in follow if m is not None])
@@ -186,8 +188,7 @@ class Executor:
             failed = self._final(cb.id, cb.name, State.FAILURE, error=f"chord member {cause}")
             fired = self._keys.queue(cb.queue).chord_fired(msg.group_id)
             done.chord = ChordFailure(fired, ExtraState(cb.queue, cb.id, failed, cb.reply_to))
-        self._flusher.done(c, done, msg.reply_to)
-        await self._call_error_handler(msg, exc)
+        return done
 
     async def _call_error_handler(self, msg: TaskMessage, exc: BaseException) -> None:
         if self.error_handler is None:
@@ -224,7 +225,8 @@ class Executor:
             fired_key=qk.chord_fired(msg.group_id),
             index=msg.group_index,
             count=msg.group_task_count,
-            results=encode(results)[1:-1],  # "[a,b]" -> "a,b": spliced into the callback's args
+            # "[a,b]" -> "a,b": spliced into the callback's args (none for an immutable one)
+            results=b"" if cb.immutable else encode(results)[1:-1],
             callback=out,
             body_prefix=prefix,
             body_suffix=suffix,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from vecna_async.backend.base import Backend, StateWrite
-from vecna_async.broker.base import Broker, Claimed, Done, SettleBatch
+from vecna_async.broker.base import Broker, ChordFailure, Claimed, Done, SettleBatch
 from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.messages import State, TaskState, encode
 
@@ -66,11 +66,19 @@ class Flusher:
         assert p.batch is not None
         p.batch.done.append(done)
         if self._store is not None:
-            p.writes[c.id] = StateWrite(c.queue, c.id, done.state, reply_to)
-            for m in done.follow_ups:
-                p.writes[m.id] = StateWrite(m.queue, m.id, m.pending_state)
-            for x in done.extra_states:
-                p.writes[x.task_id] = StateWrite(x.queue, x.task_id, x.state, x.reply_to)
+            self._note_writes(p, c, done, reply_to)
+
+    @staticmethod
+    def _note_writes(p: _Pending, c: Claimed, done: Done, reply_to: str) -> None:
+        """The states a separate backend must store after the settle."""
+        p.writes[c.id] = StateWrite(c.queue, c.id, done.state, reply_to)
+        for m in done.follow_ups:
+            p.writes[m.id] = StateWrite(m.queue, m.id, m.pending_state, if_absent=True)
+        for x in done.extra_states:
+            p.writes[x.task_id] = StateWrite(x.queue, x.task_id, x.state, x.reply_to)
+        if isinstance(done.chord, ChordFailure):
+            cb = done.chord.callback
+            p.writes[cb.task_id] = StateWrite(cb.queue, cb.task_id, cb.state, cb.reply_to)
 
     def retry(self, c: Claimed, state: bytes, body: bytes, delay_ms: int) -> None:
         p = self._slot(c.queue)
@@ -88,13 +96,13 @@ class Flusher:
         if self._store is not None:
             p.writes[c.id] = StateWrite(c.queue, c.id, state, reply_to)
 
-    def dead_lettered_by_claim(self, dead: list[Claimed], states: list[StateWrite]) -> None:
-        """Store the FAILURE states of messages a claim dead-lettered (separate backend only)."""
-        if self._store is None:
-            return
-        for c, w in zip(dead, states, strict=True):
-            p = self._slot(c.queue)
-            p.writes[c.id] = w
+    def aftermath(self, c: Claimed, done: Done, reply_to: str) -> None:
+        """What follows from a message a claim dead-lettered (applied once, without a lease)."""
+        p = self._slot(c.queue)
+        assert p.batch is not None
+        p.batch.aftermath.append(done)
+        if self._store is not None:
+            self._note_writes(p, c, done, reply_to)
 
     def release(self, c: Claimed) -> None:
         p = self._slot(c.queue)
@@ -167,6 +175,7 @@ class Flusher:
         batch.started = []
         if newer is not None:
             batch.done += newer.done
+            batch.aftermath += newer.aftermath
             batch.retry += newer.retry
             batch.dead += newer.dead
             batch.release += newer.release
