@@ -11,14 +11,15 @@ nothing to claim it blocks on the queue's wake-up list, a hint only: after
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from vecna_async.broker.base import Broker, Claimed
 from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.worker.heartbeat import InFlight
+from vecna_async.worker.taskset import TaskSet
 
 log = logging.getLogger("vecna_async.worker")
 
@@ -33,7 +34,7 @@ class Consumer:
         task_names: Sequence[str],
         slots: anyio.Semaphore,
         in_flight: InFlight,
-        run_one: Callable[[Claimed], Awaitable[None]],
+        run_one: Callable[[Claimed], Coroutine[Any, Any, None]],
         on_dead: Callable[[list[Claimed]], None],
         claim_batch: int,
         poll_seconds: float,
@@ -56,7 +57,7 @@ class Consumer:
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
-    async def run(self, tasks: TaskGroup) -> None:
+    async def run(self, tasks: TaskSet) -> None:
         backoff = 0.05
         while not self._stopping:
             n = await self._take_slots()
@@ -83,8 +84,8 @@ class Consumer:
                 self._on_dead(dead)
             self._give_back(n - len(claimed))
             for c in claimed:
-                self._in_flight.add(c)
-                tasks.start_soon(self._guarded, c)
+                self._in_flight.add(c)  # its slot comes back when its outcome is settled
+                tasks.spawn(self._run_one(c))
             if len(claimed) < n:
                 # Fewer than asked: the queue ran dry. Wait for a wake-up instead of claiming again
                 # (the claim script leaves a wake-up token when it left messages behind).
@@ -119,10 +120,3 @@ class Consumer:
                 scope.cancel()
             await waiting
         self._idle_scope = None
-
-    async def _guarded(self, c: Claimed) -> None:
-        try:
-            await self._run_one(c)
-            await self._in_flight.wait_gone(c.id)
-        finally:
-            self._slots.release()

@@ -86,6 +86,14 @@ class Executor:
         self.error_handler: ErrorHandler | None = None
 
     async def run(self, c: Claimed) -> None:
+        """Run one message; whatever happens, its outcome reaches the flusher."""
+        try:
+            await self._run(c)
+        except Exception:  # a bug here must not strand the message under a renewed lease
+            log.exception("internal error running message %s; handing it back", c.id)
+            self._flusher.release(c)
+
+    async def _run(self, c: Claimed) -> None:
         try:
             msg = decode_task(c.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

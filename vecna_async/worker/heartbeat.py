@@ -18,7 +18,6 @@ class InFlight:
 
     def __init__(self) -> None:
         self.by_id: dict[str, Claimed] = {}
-        self._gone: dict[str, anyio.Event] = {}
         self._empty = anyio.Event()
         self._empty.set()
 
@@ -27,22 +26,15 @@ class InFlight:
         if self._empty.is_set():
             self._empty = anyio.Event()
 
-    def forget(self, ids: list[str]) -> None:
+    def forget(self, ids: list[str]) -> int:
+        """Drop settled messages; returns how many were held here."""
+        held = 0
         for i in ids:
-            self.by_id.pop(i, None)
-            gone = self._gone.pop(i, None)
-            if gone is not None:
-                gone.set()
+            if self.by_id.pop(i, None) is not None:
+                held += 1
         if not self.by_id:
             self._empty.set()
-
-    async def wait_gone(self, task_id: str) -> None:
-        """Until the message's outcome is settled (its lease released)."""
-        if task_id in self.by_id:
-            gone = self._gone.get(task_id)
-            if gone is None:
-                gone = self._gone[task_id] = anyio.Event()
-            await gone.wait()
+        return held
 
     async def wait_empty(self) -> None:
         await self._empty.wait()

@@ -23,6 +23,7 @@ from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
 from vecna_async.worker.heartbeat import Heartbeat, InFlight
+from vecna_async.worker.taskset import TaskSet
 
 if TYPE_CHECKING:
     from vecna_async.server import Server
@@ -54,7 +55,7 @@ class Worker:
         self._error_handler: ErrorHandler | None = None
         self._consumer: Consumer | None = None
         self._quit_requested = False
-        self._tasks_scope: anyio.CancelScope | None = None
+        self._tasks: TaskSet | None = None
         self._signals = 0
 
     def set_error_handler(self, handler: ErrorHandler) -> None:
@@ -75,14 +76,17 @@ class Worker:
             if not len(registry):
                 log.warning("worker %s has no registered tasks: it will claim nothing", self.name)
             in_flight = InFlight()
-            flusher = Flusher(
-                rt.broker, rt.backend if rt.separate_backend else None, in_flight.forget
-            )
+            slots = anyio.Semaphore(self.concurrency or UNLIMITED)
+
+            def settled(ids: list[str]) -> None:
+                for _ in range(in_flight.forget(ids)):  # a slot is free once its lease is gone
+                    slots.release()
+
+            flusher = Flusher(rt.broker, rt.backend if rt.separate_backend else None, settled)
             executor = Executor(registry, flusher, rt.keys, rt.config.redis.max_message_bytes)
             executor.error_handler = lambda sig, exc: (
                 self._error_handler(sig, exc) if self._error_handler else None
             )
-            slots = anyio.Semaphore(self.concurrency or UNLIMITED)
             r = rt.config.redis
             consumer = Consumer(
                 rt.broker,
@@ -124,15 +128,19 @@ class Worker:
             log.info("worker %s stopped", self.name)
 
     async def _consume(self, consumer: Consumer, in_flight: InFlight, grace: float) -> None:
-        async with anyio.create_task_group() as tasks:
-            self._tasks_scope = tasks.cancel_scope
+        tasks = TaskSet()
+        self._tasks = tasks
+        try:
             await consumer.run(tasks)
-            running = len(in_flight)
+            running = len(tasks)
             if running:
                 log.info("worker %s: waiting up to %.0fs for %d task(s)", self.name, grace, running)
             with anyio.move_on_after(grace):
-                await in_flight.wait_empty()
-            tasks.cancel_scope.cancel()  # what is still running is handed back (Executor.run)
+                await tasks.wait()
+        finally:
+            tasks.cancel_all()  # what still runs hands its message back (Executor.run)
+            with anyio.CancelScope(shield=True):
+                await tasks.wait()
 
     async def _watch_signals(self) -> None:
         first_at = 0.0
@@ -150,5 +158,5 @@ class Worker:
                     self.quit()
                 else:
                     log.warning("worker %s: second signal, handing running tasks back", self.name)
-                    if self._tasks_scope is not None:
-                        self._tasks_scope.cancel()
+                    if self._tasks is not None:
+                        self._tasks.cancel_all()
