@@ -46,21 +46,17 @@ async def unavailable_as(where: str) -> AsyncIterator[None]:
         raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
 
 
-def _follow_args(qi: int, m: Outgoing) -> list[Any]:
+def _message_args(m: Outgoing, pending_state: bytes) -> list[Any]:
+    """A message as the Lua ``enqueue`` takes it (lua/_lib.lua)."""
     return [
-        qi,
-        m.id,
-        m.name,
-        m.body,
-        m.priority,
-        m.due_ms,
-        int(m.ignore_unregistered),
-        m.reply_to,
-        m.pending_state,
-    ]
+        m.id, m.name, m.body, m.priority, m.due_ms, int(m.ignore_unregistered), m.reply_to,
+        pending_state,
+    ]  # fmt: skip
 
 
-def _chord_args(chord: ChordSuccess | ChordFailure | None, qi: Callable[[str], int]) -> list[Any]:
+def _chord_args(
+    chord: ChordSuccess | ChordFailure | None, qi: Callable[[str], int], write_states: bool
+) -> list[Any]:
     if chord is None:
         return ["-"]
     if isinstance(chord, ChordFailure):
@@ -70,7 +66,7 @@ def _chord_args(chord: ChordSuccess | ChordFailure | None, qi: Callable[[str], i
     return [
         "S", chord.group_key, chord.fired_key, chord.index, chord.count, chord.results,
         qi(m.queue), m.id, m.name, chord.body_prefix, chord.body_suffix, m.priority, m.due_ms,
-        int(m.ignore_unregistered), m.reply_to, m.pending_state,
+        int(m.ignore_unregistered), m.reply_to, m.pending_state if write_states else b"",
     ]  # fmt: skip
 
 
@@ -95,6 +91,10 @@ class RedisBroker:
         self._ttl = config.results_expire_in
         self._known_delayed_queues: set[str] = set()
 
+    def _pending(self, m: Outgoing) -> bytes:
+        """The PENDING state for the scripts to write; none when states live elsewhere."""
+        return m.pending_state if self._write_states else b""
+
     def _q(self, queue: str) -> QueueKeys:
         return self._keys.queue(queue)
 
@@ -114,16 +114,7 @@ class RedisBroker:
             for queue, batch in by_queue.items():
                 args: list[Any] = [*self._meta(queue), request_id, request_ttl, self._ttl]
                 for m in batch:
-                    args += [
-                        m.id,
-                        m.name,
-                        m.body,
-                        m.priority,
-                        m.due_ms,
-                        int(m.ignore_unregistered),
-                        m.reply_to,
-                        m.pending_state if self._write_states else "",
-                    ]
+                    args += _message_args(m, self._pending(m))
                 await script("enqueue")(self._main, list(self._q(queue)), args)
                 if queue not in self._known_delayed_queues and any(m.due_ms for m in batch):
                     await self.remember_queue(queue)
@@ -173,11 +164,11 @@ class RedisBroker:
         def after(d: Done) -> list[Any]:
             out: list[Any] = [len(d.follow_ups)]
             for m in d.follow_ups:
-                out += _follow_args(qi(m.queue), m)
+                out += [qi(m.queue), *_message_args(m, self._pending(m))]
             out.append(len(d.extra_states))
             for x in d.extra_states:
                 out += [qi(x.queue), x.task_id, x.state, x.reply_to]
-            return out + _chord_args(d.chord, qi)
+            return out + _chord_args(d.chord, qi, self._write_states)
 
         entries: list[Any] = []
         for task_id, token in batch.started:

@@ -75,24 +75,12 @@ class Signature:
 
     def copy(self) -> Signature:
         """A deep copy (callbacks included), with ``id`` and ``code`` kept."""
-        return Signature(
-            self.name,
+        return dataclasses.replace(
+            self,
             args=list(self.args),
             kwargs=dict(self.kwargs),
-            eta=self.eta,
-            retry_count=self.retry_count,
-            retry_timeout=self.retry_timeout,
             on_success=[s.copy() for s in self.on_success],
             on_error=[s.copy() for s in self.on_error],
-            immutable=self.immutable,
-            routing_key=self.routing_key,
-            priority=self.priority,
             headers=dict(self.headers),
-            ignore_when_task_not_registered=self.ignore_when_task_not_registered,
-            id=self.id,
-            code=self.code,
-            group_id=self.group_id,
-            group_task_count=self.group_task_count,
             chord_callback=self.chord_callback.copy() if self.chord_callback else None,
-            spec=self.spec,
         )
