@@ -11,6 +11,10 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
                                    chain, a failed chord) a worker has yet to settle -> when to
                                    offer it again
     vecna:{q}:wake           LIST  wake-up tokens for idle workers (never needed for correctness)
+    vecna:{q}:idle           HASH  idle worker session -> "free_slots lease_ms expires_at_ms"
+    vecna:{q}:idle_order     LIST  idle worker sessions, in the order they get the next message
+    vecna:{q}:inbox:<sess>   LIST  messages handed (already leased) to an idle worker:
+                                   "deliveries id body"
     vecna:{q}:seq            STR   enqueue sequence (FIFO order inside a priority)
     vecna:{q}:m:<id>         HASH  the message record: b=body n=name p=order score d=deliveries
                                    o=lease owner token r=reply channels i=ignore-if-unregistered
@@ -71,6 +75,9 @@ class QueueKeys(NamedTuple):
     tombstone_prefix: str
     chord_prefix: str
     dead_pending: str
+    idle: str
+    idle_order: str
+    inbox_prefix: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
@@ -126,4 +133,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         tombstone_prefix=base + "x:",
         chord_prefix=base + "g:",
         dead_pending=base + "dead_pending",
+        idle=base + "idle",
+        idle_order=base + "idle_order",
+        inbox_prefix=base + "inbox:",
     )

@@ -563,9 +563,10 @@ async def test_scripts_are_idempotent_under_a_resent_call(
     assert await script("enqueue")(rc, keys, [*meta, "req-2", 300, ttl, *message(a)]) == 0
     assert await rc.zcard(q.ready) == 2
 
-    claim = [*meta, "token-1", "claim-req-1", 1, 60_000, 5, "1", ttl, 100, "echo"]
+    # (no idle session: "" and its registration ttl)
+    claim = [*meta, "token-1", "claim-req-1", 1, 60_000, 5, "1", ttl, 100, "", 0, "echo"]
     first = await script("claim")(rc, keys, claim)
-    assert len(first) == 4
+    assert len(first) == 5
     claimed = first[0].decode()
     lease = await rc.zscore(q.leases, claimed)
     second = await script("claim")(rc, keys, claim)

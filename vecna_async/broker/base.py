@@ -103,10 +103,13 @@ class SettleBatch:
     retry: list[tuple[str, str, bytes, bytes, int]] = field(default_factory=list)
     dead: list[tuple[str, str, str, bytes]] = field(default_factory=list)
     release: list[tuple[str, str]] = field(default_factory=list)
+    park: list[tuple[str, str, str]] = field(default_factory=list)
+    """(id, token, task name): handed over to a worker that does not know the task."""
 
     def __len__(self) -> int:
         parts: tuple[list[Any], ...] = (
-            self.started, self.done, self.aftermath, self.retry, self.dead, self.release
+            self.started, self.done, self.aftermath, self.retry, self.dead, self.release,
+            self.park,
         )  # fmt: skip
         return sum(len(p) for p in parts)
 
@@ -120,8 +123,12 @@ class Broker(Protocol):
         """Enqueue messages (ready, or delayed when ``due_ms`` is in the future). A repeated
         ``request_id`` within ``request_ttl`` seconds is a no-op (per queue)."""
 
-    async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
-        """Claim up to ``max_n`` messages of the given task names, each with a fresh lease."""
+    async def claim(
+        self, queue: str, max_n: int, task_names: Sequence[str], session: str = ""
+    ) -> list[Claimed]:
+        """Claim up to ``max_n`` messages of the given task names, each with a fresh lease. With
+        a ``session``, slots left free are registered so the next messages are handed to the
+        worker's inbox directly (see ``wait_for_work``)."""
 
     async def settle(self, batch: SettleBatch) -> list[str]:
         """Apply outcomes; returns the ids whose lease was lost (nothing was changed for them)."""
@@ -129,8 +136,12 @@ class Broker(Protocol):
     async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
         """Renew leases (id, token); returns the ids whose lease was lost."""
 
-    async def wait_for_work(self, queue: str, timeout: float) -> None:
-        """Block until there may be work in ``queue`` or ``timeout`` passes (a hint only)."""
+    async def wait_for_work(self, queue: str, timeout: float, session: str = "") -> list[Claimed]:
+        """Block until there may be work in ``queue`` or ``timeout`` passes (a hint only); returns
+        a message handed to the session's inbox meanwhile (already leased), if any."""
+
+    async def leave(self, queue: str, session: str) -> int:
+        """End a session: drop its registration, hand back what its inbox holds."""
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:
         """Move due delayed entries of ``queue`` to ready."""

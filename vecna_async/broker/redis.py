@@ -128,30 +128,27 @@ class RedisBroker:
         members = await self._main.smembers(self._keys.queues)
         return {text(m) for m in members}
 
-    async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
+    async def claim(
+        self, queue: str, max_n: int, task_names: Sequence[str], session: str = ""
+    ) -> list[Claimed]:
         r = self._config.redis
         token = uuid.uuid4().hex[:20]
+        # an idle registration must outlive the worker's wait between two claims
+        idle_ttl = 2 * r.normal_tasks_poll_period + int(r.read_timeout * 1000)
         args = [
-            *self._meta(queue),
-            token,
-            uuid.uuid4().hex,
-            max_n,
-            int(r.lease_timeout * 1000),
-            r.max_deliveries,
-            self._flag,
-            self._ttl,
-            max(100, max_n),
+            *self._meta(queue), token, uuid.uuid4().hex, max_n, int(r.lease_timeout * 1000),
+            r.max_deliveries, self._flag, self._ttl, max(100, max_n), session, idle_ttl,
             *task_names,
-        ]
+        ]  # fmt: skip
         async with unavailable_as(self.where):
             flat = await script("claim")(self._main, list(self._q(queue)), args)
         out = []
-        for i in range(0, len(flat), 4):
+        for i in range(0, len(flat), 5):
             flag = text(flat[i + 3])
             dead = flag[5:] if flag.startswith("dead:") else None
             out.append(
-                Claimed(queue, text(flat[i]), raw(flat[i + 1]), int(flat[i + 2]), token,
-                        flag == "unregistered", dead)
+                Claimed(queue, text(flat[i]), raw(flat[i + 1]), int(flat[i + 2]),
+                        text(flat[i + 4]) or token, flag == "unregistered", dead)
             )  # fmt: skip
         return out
 
@@ -183,6 +180,8 @@ class RedisBroker:
             entries += ["X", task_id, token, reason, state]
         for task_id, token in batch.release:
             entries += ["L", task_id, token]
+        for task_id, token, name in batch.park:
+            entries += ["P", task_id, token, name]
         other_args: list[Any] = []
         for name in others:  # insertion order matches the indexes handed out above
             other_args += [*self._q(name), name]
@@ -202,9 +201,25 @@ class RedisBroker:
             lost = await script("heartbeat")(self._main, list(self._q(queue)), args)
         return [text(x) for x in lost]
 
-    async def wait_for_work(self, queue: str, timeout: float) -> None:
+    async def wait_for_work(self, queue: str, timeout: float, session: str = "") -> list[Claimed]:
+        q = self._q(queue)
+        inbox = q.inbox_prefix + session
+        keys = [inbox, q.wake] if session else [q.wake]  # the inbox first: BLPOP reads in order
         async with unavailable_as(self.where):
-            await self._blocking.blpop([self._q(queue).wake], timeout=timeout)
+            popped = await self._blocking.blpop(keys, timeout=timeout)
+        if not popped or text(popped[0]) != inbox:
+            return []
+        d, task_id, body = raw(popped[1]).split(b" ", 2)
+        token = f"{session}/{int(d)}"
+        return [Claimed(queue, task_id.decode(), body, int(d), token, False)]
+
+    async def leave(self, queue: str, session: str) -> int:
+        """Drop an idle registration; what its inbox holds goes back to ready, unrun."""
+        async with unavailable_as(self.where):
+            back = await script("leave")(
+                self._main, list(self._q(queue)), [*self._meta(queue), session]
+            )
+        return int(back)
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:
         async with unavailable_as(self.where):

@@ -1,9 +1,9 @@
 -- Shared helpers; vecna_async.scripts prepends this file to every script.
--- Key names come from vecna_async/keys.py through KEYS (a queue's 14 keys, in QueueKeys order) and,
+-- Key names come from vecna_async/keys.py through KEYS (a queue's 17 keys, in QueueKeys order) and,
 -- for other queues, through ARGV. Ids, queue and task names are restricted to JSON-safe characters
 -- (keys.check_name), which is what lets state_json() below build JSON by concatenation.
 
-local QUEUE_KEY_COUNT = 14
+local QUEUE_KEY_COUNT = 17
 local PRIORITY_WEIGHT = 1099511627776 -- 2^40: one priority step outweighs any FIFO sequence number
 
 local function now_ms()
@@ -17,6 +17,7 @@ local function queue_keys(list, o)
     wake = list[o + 5], seq = list[o + 6], record = list[o + 7], state = list[o + 8],
     parked = list[o + 9], parked_prefix = list[o + 10], request = list[o + 11],
     tombstone = list[o + 12], chord = list[o + 13], dead_pending = list[o + 14],
+    idle = list[o + 15], idle_order = list[o + 16], inbox = list[o + 17],
   }
 end
 
@@ -63,6 +64,53 @@ local function store_state(q, pubs, id, state, reply, ttl)
   note_reply(pubs, reply, id, state)
 end
 
+-- Hand a ready message straight to an idle worker (registered by claim.lua when it ran dry),
+-- already leased to it, through the worker's inbox list it is blocked on: one round trip to the
+-- worker instead of a wake-up and then a claim. A registration whose worker stopped refreshing it
+-- is dropped. Returns true if handed over.
+local function hand_to_idle(q, now, id, name, body, write_states, ttl)
+  for _ = 1, 4 do
+    local session = redis.call('LPOP', q.idle_order)
+    if not session then
+      return false
+    end
+    local v = redis.call('HGET', q.idle, session)
+    if v then
+      local slots, ms, expires = string.match(v, '^(%d+) (%d+) (%d+)$')
+      slots, ms = tonumber(slots), tonumber(ms)
+      if now <= tonumber(expires) and slots > 0 then
+        local rk = q.record .. id
+        local d = redis.call('HINCRBY', rk, 'd', 1)
+        redis.call('HSET', rk, 'o', session .. '/' .. d) -- a fresh lease token per delivery
+        redis.call('ZADD', q.leases, now + ms, id)
+        if write_states then
+          redis.call('SET', q.state .. id, state_json(id, 'RECEIVED', name), 'EX', ttl)
+        end
+        local inbox = q.inbox .. session
+        redis.call('RPUSH', inbox, d .. ' ' .. id .. ' ' .. body)
+        redis.call('PEXPIRE', inbox, ms)
+        if slots > 1 then
+          redis.call('HSET', q.idle, session, (slots - 1) .. ' ' .. ms .. ' ' .. expires)
+          redis.call('RPUSH', q.idle_order, session)
+        else
+          redis.call('HDEL', q.idle, session)
+        end
+        return true
+      end
+      redis.call('HDEL', q.idle, session)
+    end
+  end
+  return false
+end
+
+-- A message is ready: to an idle worker if one waits, else into the ready set with a wake-up.
+local function make_ready(q, now, id, score, name, body, write_states, ttl)
+  if not hand_to_idle(q, now, id, name, body, write_states, ttl) then
+    redis.call('ZADD', q.ready, score, id)
+    wake(q)
+  end
+end
+
 -- Enqueue one message unless its id is queued already (a resend of the same id is a no-op).
 -- Returns 0 skipped, 1 ready, 2 delayed, 3 delayed and now the earliest entry of the delayed set.
 -- A canceled id (tombstone) is not enqueued: its state becomes CANCELED instead.
@@ -91,8 +139,7 @@ local function enqueue(q, now, id, name, body, priority, due, ignore, reply, sta
     end
     return 2
   end
-  redis.call('ZADD', q.ready, score, id)
-  wake(q)
+  make_ready(q, now, id, score, name, body, state ~= '', ttl)
   return 1
 end
 

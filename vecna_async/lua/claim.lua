@@ -1,18 +1,23 @@
 -- Claim up to max_n ready messages for one worker, each with a lease (deadline + owner token).
 -- KEYS: the queue's keys. ARGV: queue, sched_channel, token, request_id, max_n, lease_ms,
---   max_deliveries, write_states (0/1), state_ttl, reap_limit, then the task names the worker knows.
--- Returns a flat list: id, body, deliveries, flag per message: flag '' (claimed), 'unregistered'
--- (claimed to fail it), or 'dead:<reason>' (a dead letter whose aftermath is to be settled).
+--   max_deliveries, write_states (0/1), state_ttl, reap_limit, session, idle_ttl_ms, then the
+--   task names the worker knows.
+-- Returns a flat list: id, body, deliveries, flag, token per message: flag '' (claimed),
+-- 'unregistered' (claimed to fail it), or 'dead:<reason>' (a dead letter whose aftermath is to be
+-- settled); token '' means this call's token.
 -- Messages of names this worker does not know are parked for a worker that knows them, unless
 -- they ask to fail when unregistered. Expired leases are reaped first, so any live worker
--- redelivers the messages of a dead one.
+-- redelivers the messages of a dead one. With a session, the worker is idle-registered while it
+-- claims nothing: it takes back what was handed to its inbox meanwhile, and if this claim leaves
+-- slots free it registers them, so enqueue hands it the next messages directly (see hand_to_idle).
 local q = queue_keys(KEYS, 0)
 local token, request_id = ARGV[3], ARGV[4]
 local max_n, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_deliveries, write_states = tonumber(ARGV[7]), ARGV[8] == '1'
 local ttl, reap_limit = tonumber(ARGV[9]), tonumber(ARGV[10])
+local session, idle_ttl = ARGV[11], tonumber(ARGV[12])
 local known = {}
-for i = 11, #ARGV do
+for i = 13, #ARGV do
   known[ARGV[i]] = true
 end
 local out = {}
@@ -32,6 +37,7 @@ if previous then
       out[#out + 1] = r[2]
       out[#out + 1] = r[3]
       out[#out + 1] = flag(r[4])
+      out[#out + 1] = ''
     end
   end
   return out
@@ -39,6 +45,25 @@ end
 
 local now = now_ms()
 local pubs = {}
+local taken = 0 -- messages this call returns that use up slots
+if session ~= '' then
+  redis.call('HDEL', q.idle, session)
+  redis.call('LREM', q.idle_order, 0, session)
+  local inbox = q.inbox .. session
+  for _, entry in ipairs(redis.call('LRANGE', inbox, 0, -1)) do
+    local d, id, body = string.match(entry, '^(%d+) (%S+) (.*)$')
+    local lease_token = session .. '/' .. d
+    if redis.call('HGET', q.record .. id, 'o') == lease_token then
+      out[#out + 1] = id
+      out[#out + 1] = body
+      out[#out + 1] = d
+      out[#out + 1] = ''
+      out[#out + 1] = lease_token
+      taken = taken + 1
+    end
+  end
+  redis.call('DEL', inbox)
+end
 reap_expired(q, now, reap_limit, max_deliveries, ttl, pubs, write_states)
 -- Dead letters whose aftermath (on_error callbacks, a stopped chain, a failed chord; the FAILURE
 -- state on a separate backend) no worker has settled yet: offered again after a lease period if
@@ -51,6 +76,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.dead_pending, '-inf', now, 'LI
     out[#out + 1] = r[1]
     out[#out + 1] = r[2]
     out[#out + 1] = 'dead:' .. (r[3] or '')
+    out[#out + 1] = ''
   else
     redis.call('ZREM', q.dead_pending, id)
   end
@@ -74,9 +100,9 @@ end
 
 local claimed = {}
 local rounds = 0
-while #claimed < max_n and rounds < 8 do
+while taken + #claimed < max_n and rounds < 8 do
   rounds = rounds + 1
-  local popped = redis.call('ZPOPMIN', q.ready, max_n - #claimed)
+  local popped = redis.call('ZPOPMIN', q.ready, max_n - taken - #claimed)
   if #popped == 0 then
     break
   end
@@ -104,6 +130,7 @@ while #claimed < max_n and rounds < 8 do
         out[#out + 1] = r[2]
         out[#out + 1] = d
         out[#out + 1] = flag(name)
+        out[#out + 1] = ''
       else
         redis.call('ZADD', q.parked_prefix .. name, score, id)
         redis.call('SADD', q.parked, name)
@@ -116,6 +143,10 @@ if #claimed > 0 then
 end
 if redis.call('ZCARD', q.ready) > 0 then
   wake(q) -- more work than this worker took: let the next idle one know
+elseif session ~= '' and taken + #claimed < max_n then
+  redis.call('HSET', q.idle, session,
+    (max_n - taken - #claimed) .. ' ' .. lease_ms .. ' ' .. (now + idle_ttl))
+  redis.call('RPUSH', q.idle_order, session)
 end
 publish_replies(pubs)
 return out

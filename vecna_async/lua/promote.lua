@@ -8,7 +8,7 @@ local moved = 0
 local pubs = {}
 for _, id in ipairs(due) do
   redis.call('ZREM', q.delayed, id)
-  local r = redis.call('HMGET', q.record .. id, 'p', 'n', 'r')
+  local r = redis.call('HMGET', q.record .. id, 'p', 'n', 'r', 'b')
   local p = r[1]
   if p and redis.call('EXISTS', q.tombstone .. id) == 1 then
     redis.call('DEL', q.record .. id) -- canceled while it waited: it never runs
@@ -16,12 +16,9 @@ for _, id in ipairs(due) do
       store_state(q, pubs, id, state_json(id, 'CANCELED', r[2]), r[3], tonumber(ARGV[5]))
     end
   elseif p then
-    redis.call('ZADD', q.ready, p, id)
+    make_ready(q, now, id, p, r[2], r[4], ARGV[4] == '1', tonumber(ARGV[5]))
     moved = moved + 1
   end
-end
-if moved > 0 then
-  wake(q)
 end
 publish_replies(pubs)
 local nxt = redis.call('ZRANGE', q.delayed, 0, 0, 'WITHSCORES')

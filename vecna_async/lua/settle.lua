@@ -10,6 +10,8 @@
 --   R id token state body delay  retry: new body, back to the delayed set (ready if delay 0)
 --   X id token reason state      dead-letter with a reason
 --   L id token                   release: back to ready (graceful shutdown), not a delivery
+--   P id token name              park: for a worker that knows the task (one that did not know
+--                                it had it handed over while idle)
 -- AFTER = n_follow [follow-up x 9] n_extra [extra x 4] chord_kind [chord fields]:
 --   follow-ups to enqueue: queue_index (0 = this queue) id name body priority due ignore reply
 --     pending_state
@@ -186,6 +188,18 @@ while i <= #ARGV do
       redis.call('ZREM', q.leases, id)
       redis.call('ZADD', q.ready, redis.call('HGET', rk, 'p'), id)
       wake(q)
+    else
+      lost[#lost + 1] = id
+    end
+  elseif kind == 'P' then
+    local name = ARGV[i + 3]
+    i = i + 4
+    if owned(rk, token) then
+      redis.call('HDEL', rk, 'o')
+      redis.call('HINCRBY', rk, 'd', -1)
+      redis.call('ZREM', q.leases, id)
+      redis.call('ZADD', q.parked_prefix .. name, redis.call('HGET', rk, 'p'), id)
+      redis.call('SADD', q.parked, name)
     else
       lost[#lost + 1] = id
     end

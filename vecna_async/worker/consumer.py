@@ -2,17 +2,20 @@
 
 A worker never holds more messages than it has slots (``concurrency``): it claims in one call as
 many as are free (up to ``claim_batch``), so a busy worker does not hoard and an idle one fills up
-in one round trip. A slot is free again once its outcome is settled, not when the task returns, so
-leases held never exceed ``concurrency`` even when Redis is slow to take the outcomes. With
-nothing to claim it blocks on the queue's wake-up list, a hint only: after
-``normal_tasks_poll_period`` it looks again anyway.
+in one round trip. When a claim leaves slots free, it registers them: the next messages sent are
+handed (leased) straight to this worker's inbox list, which it blocks on — one round trip from
+enqueue to a running task. A slot is free again once its outcome is settled, not when the task
+returns, so leases held never exceed ``concurrency`` even when Redis is slow to take the outcomes.
+It also blocks on the queue's wake-up list, a hint only: after ``normal_tasks_poll_period`` it
+claims again anyway.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -22,6 +25,7 @@ from vecna_async.worker.heartbeat import InFlight
 from vecna_async.worker.taskset import TaskSet
 
 log = logging.getLogger("vecna_async.worker")
+T = TypeVar("T")
 
 
 class Consumer:
@@ -50,6 +54,7 @@ class Consumer:
         self._poll = poll_seconds
         self._stopping = False
         self._idle_scope: anyio.CancelScope | None = None
+        self._session = uuid.uuid4().hex[:16]
 
     def stop(self) -> None:
         """Claim nothing more; interrupt an idle wait at once."""
@@ -58,6 +63,16 @@ class Consumer:
             self._idle_scope.cancel()
 
     async def run(self, tasks: TaskSet) -> None:
+        try:
+            await self._run(tasks)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:  # idle no more: what was handed to this worker's inbox goes back to ready
+                    await self._broker.leave(self._queue, self._session)
+                except Exception as exc:
+                    log.warning("could not end the idle registration on %r: %s", self._queue, exc)
+
+    async def _run(self, tasks: TaskSet) -> None:
         backoff = 0.05
         while not self._stopping:
             n = await self._take_slots()
@@ -65,7 +80,7 @@ class Consumer:
                 self._give_back(n)
                 break
             try:
-                claimed = await self._broker.claim(self._queue, n, self._names)
+                claimed = await self._broker.claim(self._queue, n, self._names, self._session)
                 backoff = 0.05
             except Exception as exc:  # an outage, or a bug: either way keep the worker alive
                 self._give_back(n)
@@ -83,13 +98,21 @@ class Consumer:
                 claimed = [c for c in claimed if c.dead_reason is None]
                 self._on_dead(dead)
             self._give_back(n - len(claimed))
-            for c in claimed:
-                self._in_flight.add(c)  # its slot comes back when its outcome is settled
-                tasks.spawn(self._run_one(c))
-            if len(claimed) < n:
-                # Fewer than asked: the queue ran dry. Wait for a wake-up instead of claiming again
-                # (the claim script leaves a wake-up token when it left messages behind).
-                await self._idle(self._wait_for_work())
+            self._start(claimed, tasks)
+            registered = n - len(claimed)
+            # Fewer than asked: the queue ran dry, and the claim registered the free slots, so
+            # the next messages come straight to this worker's inbox; a wake-up or the poll
+            # period sends it back to claiming.
+            while registered > 0 and not self._stopping:
+                handed = await self._idle(self._wait_for_work(tasks))
+                if not handed:
+                    break
+                registered -= handed
+
+    def _start(self, claimed: list[Claimed], tasks: TaskSet) -> None:
+        for c in claimed:
+            self._in_flight.add(c)  # its slot comes back when its outcome is settled
+            tasks.spawn(self._run_one(c))
 
     async def _take_slots(self) -> int:
         """Wait for one free slot, then take every other free one (up to the batch size)."""
@@ -106,17 +129,26 @@ class Consumer:
         for _ in range(n):
             self._slots.release()
 
-    async def _wait_for_work(self) -> None:
+    async def _wait_for_work(self, tasks: TaskSet) -> int:
+        """Wait for a handed-over message (started here; returns 1) or a wake-up (returns 0)."""
         try:
-            await self._broker.wait_for_work(self._queue, self._poll)
+            handed = await self._broker.wait_for_work(self._queue, self._poll, self._session)
         except BrokerUnavailable as exc:
             log.warning("wake-up wait on %r failed (%s)", self._queue, exc)
             await anyio.sleep(min(self._poll, 1.0))
+            return 0
+        for _ in handed:  # never more than the slots the claim registered as free
+            self._slots.acquire_nowait()
+        self._start(handed, tasks)
+        return len(handed)
 
-    async def _idle(self, waiting: Awaitable[None]) -> None:
+    async def _idle(self, waiting: Awaitable[T]) -> T | None:
+        """Await ``waiting`` unless ``stop()`` interrupts it (then None)."""
+        result = None
         with anyio.CancelScope() as scope:
             self._idle_scope = scope
             if self._stopping:
                 scope.cancel()
-            await waiting
+            result = await waiting
         self._idle_scope = None
+        return result

@@ -102,6 +102,9 @@ class Executor:
             self._flusher.dead(c, reason, self._final(c.id, "", State.FAILURE, error=reason))
             return
         entry = None if c.unregistered else self._registry.find(msg.name)
+        if entry is None and not c.unregistered and not msg.ignore_when_task_not_registered:
+            self._flusher.park(c, msg.name)  # handed to us while idle: for a worker that knows it
+            return
         try:
             if entry is None:
                 raise TaskNotRegistered(msg.name, self._registry.names)

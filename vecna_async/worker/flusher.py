@@ -104,6 +104,12 @@ class Flusher:
         if self._store is not None:
             self._note_writes(p, c, done, reply_to)
 
+    def park(self, c: Claimed, name: str) -> None:
+        p = self._slot(c.queue)
+        p.started.pop(c.id, None)
+        assert p.batch is not None
+        p.batch.park.append((c.id, c.token, name))
+
     def release(self, c: Claimed) -> None:
         p = self._slot(c.queue)
         p.started.pop(c.id, None)
@@ -160,6 +166,7 @@ class Flusher:
                 )
             settled = [d.task_id for d in batch.done]
             settled += [e[0] for es in (batch.retry, batch.dead, batch.release) for e in es]
+            settled += [e[0] for e in batch.park]
             self._on_settled(settled)
 
     def _restore(
@@ -179,6 +186,7 @@ class Flusher:
             batch.retry += newer.retry
             batch.dead += newer.dead
             batch.release += newer.release
+            batch.park += newer.park
         for k, v in started.items():
             p.started.setdefault(k, v)
         for k, w in writes.items():
