@@ -40,6 +40,8 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
+import msgspec
+
 _SAFE = re.compile(r"^[A-Za-z0-9_.:@/+=\-]{1,200}$")
 
 
@@ -113,6 +115,11 @@ class Keys:
     def queue(self, name: str) -> QueueKeys:
         return _queue_keys(self.prefix, name)
 
+    def packed_queue(self, name: str) -> bytes:
+        """The queue's keys and name as one msgpack array: how every queue script takes them
+        (``lua/_lib.lua``'s ``queue_from``)."""
+        return _packed_queue(self.prefix, name)
+
 
 @lru_cache(maxsize=1024)
 def _queue_keys(prefix: str, queue: str) -> QueueKeys:
@@ -137,3 +144,8 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         idle_order=base + "idle_order",
         inbox_prefix=base + "inbox:",
     )
+
+
+@lru_cache(maxsize=1024)
+def _packed_queue(prefix: str, queue: str) -> bytes:
+    return msgspec.msgpack.encode([*_queue_keys(prefix, queue), queue])

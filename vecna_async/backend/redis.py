@@ -39,10 +39,14 @@ class RedisBackend:
     async def watch(self, queue: str, task_id: str) -> TaskState | None:
         if not self._shares_broker:
             return await self.get_state(queue, task_id)
-        q = self._keys.queue(queue)
-        args = [queue, self._keys.sched_channel, task_id, self.reply_channel]
+        args = [
+            self._keys.packed_queue(queue),
+            self._keys.sched_channel,
+            task_id,
+            self.reply_channel,
+        ]
         async with unavailable_as(self._where):
-            stored = await script("watch")(self.client, list(q), args)
+            stored = await script("watch")(self.client, [self._keys.queue(queue).ready], args)
         return decode_state(raw(stored)) if stored else None
 
     async def store(self, writes: Sequence[StateWrite]) -> None:

@@ -108,8 +108,12 @@ class RedisBroker:
     def _q(self, queue: str) -> QueueKeys:
         return self._keys.queue(queue)
 
-    def _meta(self, queue: str) -> list[Any]:
-        return [queue, self._keys.sched_channel]
+    async def _script(self, name: str, queue: str, args: list[Any]) -> Any:
+        """Run a queue script: KEYS is one key of the queue (Cluster routes on it), ARGV starts
+        with the queue's packed keys and the scheduler channel."""
+        packed = self._keys.packed_queue(queue)
+        argv = [packed, self._keys.sched_channel, *args]
+        return await script(name)(self._main, [self._q(queue).ready], argv)
 
     async def publish(
         self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 300
@@ -125,8 +129,8 @@ class RedisBroker:
                 fields: list[Any] = []
                 for m in batch:
                     fields += _message_args(m, self._pending(m))
-                args = [*self._meta(queue), request_id, request_ttl, self._ttl, _packed(fields)]
-                await script("enqueue")(self._main, list(self._q(queue)), args)
+                args = [request_id, request_ttl, self._ttl, _packed(fields)]
+                await self._script("enqueue", queue, args)
                 if queue not in self._known_delayed_queues and any(m.due_ms for m in batch):
                     await self.remember_queue(queue)
 
@@ -147,12 +151,12 @@ class RedisBroker:
         # an idle registration must outlive the worker's wait between two claims
         idle_ttl = 2 * r.normal_tasks_poll_period + int(r.read_timeout * 1000)
         args = [
-            *self._meta(queue), token, uuid.uuid4().hex, max_n, int(r.lease_timeout * 1000),
+            token, uuid.uuid4().hex, max_n, int(r.lease_timeout * 1000),
             r.max_deliveries, self._flag, self._ttl, max(100, max_n), session, idle_ttl,
             *task_names,
         ]  # fmt: skip
         async with unavailable_as(self.where):
-            flat = await script("claim")(self._main, list(self._q(queue)), args)
+            flat = await self._script("claim", queue, args)
         out = []
         for i in range(0, len(flat), 5):
             flag = text(flat[i + 3])
@@ -195,24 +199,24 @@ class RedisBroker:
             entries += ["P", task_id, token, name]
         other_args: list[Any] = []
         for name in others:  # insertion order matches the indexes handed out above
-            other_args += [*self._q(name), name]
+            other_args.append(self._keys.packed_queue(name))
         args = [
-            *self._meta(batch.queue), self._flag, self._ttl, len(others), *other_args,
+            self._flag, self._ttl, len(others), *other_args,
             _packed(entries),
         ]  # fmt: skip
         async with unavailable_as(self.where):
-            lost = await script("settle")(self._main, list(self._q(batch.queue)), args)
+            lost = await self._script("settle", batch.queue, args)
             for name in others:
                 if name not in self._known_delayed_queues:
                     await self.remember_queue(name)
         return [text(x) for x in lost]
 
     async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
-        args: list[Any] = [*self._meta(queue), int(self._config.redis.lease_timeout * 1000)]
+        args: list[Any] = [int(self._config.redis.lease_timeout * 1000)]
         for task_id, token in leases:
             args += [task_id, token]
         async with unavailable_as(self.where):
-            lost = await script("heartbeat")(self._main, list(self._q(queue)), args)
+            lost = await self._script("heartbeat", queue, args)
         return [text(x) for x in lost]
 
     async def wait_for_work(self, queue: str, timeout: float, session: str = "") -> list[Claimed]:
@@ -230,16 +234,13 @@ class RedisBroker:
     async def leave(self, queue: str, session: str) -> int:
         """Drop an idle registration; what its inbox holds goes back to ready, unrun."""
         async with unavailable_as(self.where):
-            back = await script("leave")(
-                self._main, list(self._q(queue)), [*self._meta(queue), session]
-            )
+            back = await self._script("leave", queue, [session])
         return int(back)
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:
         async with unavailable_as(self.where):
-            moved, now, nxt = await script("promote")(
-                self._main, list(self._q(queue)), [*self._meta(queue), limit, self._flag, self._ttl]
-            )
+            args = [limit, self._flag, self._ttl]
+            moved, now, nxt = await self._script("promote", queue, args)
         return Promoted(int(moved), int(now), int(nxt))
 
     async def get_pending_tasks(self, queue: str) -> list[Signature]:
@@ -287,9 +288,9 @@ class RedisBroker:
     async def cancel(self, queue: str, task_ids: Sequence[str]) -> list[bool]:
         if self._store is not None:
             return await self._cancel_with_store(queue, task_ids, self._store)
-        args = [*self._meta(queue), self._flag, self._ttl, *task_ids]
+        args = [self._flag, self._ttl, *task_ids]
         async with unavailable_as(self.where):
-            flags = await script("cancel")(self._main, list(self._q(queue)), args)
+            flags = await self._script("cancel", queue, args)
         return [bool(f) for f in flags]
 
     async def _cancel_with_store(
@@ -298,9 +299,9 @@ class RedisBroker:
         """Cancel with states on another Redis: a finished task (seen there) is left alone."""
         states = {i: await store.get_state(queue, i) for i in task_ids}
         open_ids = [i for i, st in states.items() if not (st and st.is_completed())]
-        args = [*self._meta(queue), self._flag, self._ttl, *open_ids]
+        args = [self._flag, self._ttl, *open_ids]
         async with unavailable_as(self.where):
-            reply = await script("cancel")(self._main, list(self._q(queue)), args)
+            reply = await self._script("cancel", queue, args)
         flags = dict(zip(open_ids, reply, strict=True))
         writes = []
         for i in open_ids:
@@ -316,6 +317,6 @@ class RedisBroker:
         pending = b""
         if self._write_states:
             pending = encode(TaskState(task_id=task_id, state=State.PENDING))
-        args = [*self._meta(queue), task_id, pending, self._ttl]
+        args = [task_id, pending, self._ttl]
         async with unavailable_as(self.where):
-            return bool(await script("requeue_dead")(self._main, list(self._q(queue)), args))
+            return bool(await self._script("requeue_dead", queue, args))

@@ -1,9 +1,8 @@
 -- Shared helpers; vecna_async.scripts prepends this file to every script.
--- Key names come from vecna_async/keys.py through KEYS (a queue's 17 keys, in QueueKeys order) and,
--- for other queues, through ARGV. Ids, queue and task names are restricted to JSON-safe characters
+-- Key names come from vecna_async/keys.py, packed per queue (see queue_from) in ARGV[1] and,
+-- for other queues a script touches, in later arguments. Ids, queue and task names are restricted to JSON-safe characters
 -- (keys.check_name), which is what lets state_json() below build JSON by concatenation.
 
-local QUEUE_KEY_COUNT = 17
 local PRIORITY_WEIGHT = 1099511627776 -- 2^40: one priority step outweighs any FIFO sequence number
 
 local function now_ms()
@@ -11,13 +10,17 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function queue_keys(list, o)
+-- A queue's keys and name, from one msgpack array (keys.QueueKeys.packed: the keys in QueueKeys
+-- order, then the queue's name). One argument instead of 17 saves redis-py packing them per call;
+-- KEYS carries just one of them, so Redis Cluster routes the call to the queue's slot.
+local function queue_from(packed)
+  local list = cmsgpack.unpack(packed)
   return {
-    ready = list[o + 1], delayed = list[o + 2], leases = list[o + 3], dead = list[o + 4],
-    wake = list[o + 5], seq = list[o + 6], record = list[o + 7], state = list[o + 8],
-    parked = list[o + 9], parked_prefix = list[o + 10], request = list[o + 11],
-    tombstone = list[o + 12], chord = list[o + 13], dead_pending = list[o + 14],
-    idle = list[o + 15], idle_order = list[o + 16], inbox = list[o + 17],
+    ready = list[1], delayed = list[2], leases = list[3], dead = list[4],
+    wake = list[5], seq = list[6], record = list[7], state = list[8],
+    parked = list[9], parked_prefix = list[10], request = list[11],
+    tombstone = list[12], chord = list[13], dead_pending = list[14],
+    idle = list[15], idle_order = list[16], inbox = list[17], name = list[18],
   }
 end
 

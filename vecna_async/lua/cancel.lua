@@ -3,9 +3,9 @@
 -- get a tombstone (claim, promote and enqueue skip a tombstoned id, so a copy racing through
 -- promotion never runs) and the state CANCELED. A running task (leased) or a finished one is
 -- left alone.
--- KEYS: the queue's keys. ARGV: queue, sched_channel, write_states (0/1), ttl, ids...
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, write_states (0/1), ttl, ids...
 -- Returns one flag per id: 1 canceled, 0 too late (running or finished).
-local q = queue_keys(KEYS, 0)
+local q = queue_from(ARGV[1])
 local write_states, ttl = ARGV[3] == '1', tonumber(ARGV[4])
 local pubs = {}
 local out = {}

@@ -1,5 +1,5 @@
 -- Claim up to max_n ready messages for one worker, each with a lease (deadline + owner token).
--- KEYS: the queue's keys. ARGV: queue, sched_channel, token, request_id, max_n, lease_ms,
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, token, request_id, max_n, lease_ms,
 --   max_deliveries, write_states (0/1), state_ttl, reap_limit, session, idle_ttl_ms, then the
 --   task names the worker knows.
 -- Returns a flat list: id, body, deliveries, flag, token per message: flag '' (claimed),
@@ -10,7 +10,7 @@
 -- redelivers the messages of a dead one. With a session, the worker is idle-registered while it
 -- claims nothing: it takes back what was handed to its inbox meanwhile, and if this claim leaves
 -- slots free it registers them, so enqueue hands it the next messages directly (see hand_to_idle).
-local q = queue_keys(KEYS, 0)
+local q = queue_from(ARGV[1])
 local token, request_id = ARGV[3], ARGV[4]
 local max_n, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_deliveries, write_states = tonumber(ARGV[7]), ARGV[8] == '1'

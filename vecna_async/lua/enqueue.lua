@@ -1,10 +1,10 @@
 -- Enqueue a batch of messages into one queue.
--- KEYS: the queue's keys. ARGV: queue, sched_channel, request_id, request_ttl, state_ttl, and the
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, request_id, request_ttl, state_ttl, and the
 --   messages as one msgpack-encoded flat array, per message: id, name, body, priority,
 --   due_ms (0 = now), ignore (0/1), reply, pending_state
 -- The request id makes a resent call (redis-py retries after a timeout, or another scheduler
 -- firing the same periodic tick) a no-op.
-local q = queue_keys(KEYS, 0)
+local q = queue_from(ARGV[1])
 if not redis.call('SET', q.request .. ARGV[3], '1', 'NX', 'EX', tonumber(ARGV[4])) then
   return -1
 end
@@ -27,6 +27,6 @@ for i = 1, #M, 8 do
   end
 end
 if earliest then
-  announce_due(ARGV[2], ARGV[1], earliest)
+  announce_due(ARGV[2], q.name, earliest)
 end
 return count

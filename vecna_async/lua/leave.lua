@@ -1,7 +1,7 @@
 -- A worker stops waiting: drop its idle registration and hand back, unrun, whatever was handed to
 -- its inbox meanwhile (those messages go back to ready at once, not counted as a delivery).
--- KEYS: the queue's keys. ARGV: queue, sched_channel, session. Returns how many were handed back.
-local q = queue_keys(KEYS, 0)
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, session. Returns how many were handed back.
+local q = queue_from(ARGV[1])
 local session = ARGV[3]
 redis.call('HDEL', q.idle, session)
 redis.call('LREM', q.idle_order, 0, session)

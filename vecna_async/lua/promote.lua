@@ -1,7 +1,7 @@
 -- Move due entries of the delayed set to ready, at most `limit` per call.
--- KEYS: the queue's keys. ARGV: queue, sched_channel, limit, write_states (0/1), state_ttl.
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, limit, write_states (0/1), state_ttl.
 -- Returns {moved, now_ms, next_due_ms or -1}; time is Redis's, so schedulers on skewed hosts agree.
-local q = queue_keys(KEYS, 0)
+local q = queue_from(ARGV[1])
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 local moved = 0

@@ -1,6 +1,6 @@
 -- Put one dead-lettered message back to ready with a fresh delivery count.
--- KEYS: the queue's keys. ARGV: queue, sched_channel, id, pending_state ('' = leave the state), ttl.
-local q = queue_keys(KEYS, 0)
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, id, pending_state ('' = leave the state), ttl.
+local q = queue_from(ARGV[1])
 local id = ARGV[3]
 if redis.call('ZREM', q.dead, id) == 0 then
   return 0

@@ -1,8 +1,8 @@
 -- Apply a batch of outcomes from one worker, each fenced by the lease token: an entry whose token
 -- no longer owns the message (its lease expired and another worker took it, or it was settled
 -- already) changes nothing and its id is returned as lost.
--- KEYS: the queue's keys. ARGV: queue, sched_channel, write_states (0/1), state_ttl, n_other,
---   then n_other x (17 keys + queue name) of other queues that follow-ups go to, then the
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, write_states (0/1), state_ttl, n_other,
+--   then n_other packed queues (as ARGV[1]) that follow-ups go to, then the
 --   entries as one msgpack-encoded flat array (binary values as msgpack str):
 --   S id token                   started: state STARTED
 --   D id token state AFTER       done: ack, store the final state, then apply AFTER
@@ -23,16 +23,16 @@
 --     once (the fired key), with every member's results spliced into its args in group order;
 --     'F' a member failed for good (5 fields): fired_key cb_queue_index cb_id cb_failure_state
 --     cb_reply -- the callback will never be sent and its state says why
-local q = queue_keys(KEYS, 0)
-local queue, sched_channel = ARGV[1], ARGV[2]
+local q = queue_from(ARGV[1])
+local queue, sched_channel = q.name, ARGV[2]
 local write_states, ttl = ARGV[3] == '1', tonumber(ARGV[4])
 local queues = { [0] = q }
 local names = { [0] = queue }
 local i = 6
 for n = 1, tonumber(ARGV[5]) do
-  queues[n] = queue_keys(ARGV, i - 1)
-  names[n] = ARGV[i + QUEUE_KEY_COUNT]
-  i = i + QUEUE_KEY_COUNT + 1
+  queues[n] = queue_from(ARGV[i])
+  names[n] = queues[n].name
+  i = i + 1
 end
 -- The entries come msgpack-encoded in the last argument: one argument instead of ~10 per task
 -- saves redis-py most of its per-argument packing work.
