@@ -79,6 +79,8 @@ class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _positive(self, "normal_tasks_poll_period")
         _positive(self, "delayed_tasks_poll_period")
         _positive(self, "retries", allow_zero=True)
+        if self.claim_batch > 1000:
+            raise ConfigError(f"redis.claim_batch must be <= 1000, got {self.claim_batch}")
         if self.heartbeat_interval >= self.lease_timeout:
             raise ConfigError(
                 f"redis.heartbeat_interval ({self.heartbeat_interval}) must be shorter than "

@@ -23,6 +23,7 @@ from vecna_async.broker.base import (
     Promoted,
     SettleBatch,
 )
+from vecna_async.broker.coalesce import Coalescer
 from vecna_async.config import Config
 from vecna_async.connection import RedisClients, raw, text
 from vecna_async.exceptions import BrokerUnavailable
@@ -100,6 +101,7 @@ class RedisBroker:
         self._flag = "1" if write_states else "0"
         self._ttl = config.results_expire_in
         self._known_delayed_queues: set[str] = set()
+        self._coalescer = Coalescer(self._enqueue)
 
     def _pending(self, m: Outgoing) -> bytes:
         """The PENDING state for the scripts to write; none when states live elsewhere."""
@@ -116,6 +118,14 @@ class RedisBroker:
         return await script(name)(self._main, [self._q(queue).ready], argv)
 
     async def publish(
+        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 300
+    ) -> None:
+        if request_id:  # its own call: the request id is what deduplicates it
+            await self._enqueue(messages, request_id, request_ttl)
+        else:
+            await self._coalescer.publish(messages)
+
+    async def _enqueue(
         self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 300
     ) -> None:
         by_queue: dict[str, list[Outgoing]] = defaultdict(list)

@@ -99,6 +99,8 @@ if redis.call('SCARD', q.parked) > 0 then
 end
 
 local claimed = {}
+local leases = {} -- deadline, id pairs: one ZADD for the whole batch
+local deadline = now + lease_ms
 local rounds = 0
 while taken + #claimed < max_n and rounds < 8 do
   rounds = rounds + 1
@@ -109,7 +111,7 @@ while taken + #claimed < max_n and rounds < 8 do
   for i = 1, #popped, 2 do
     local id, score = popped[i], popped[i + 1]
     local rk = q.record .. id
-    local r = redis.call('HMGET', rk, 'n', 'b', 'i', 'r')
+    local r = redis.call('HMGET', rk, 'n', 'b', 'i', 'r', 'd')
     local name = r[1]
     if name and redis.call('EXISTS', q.tombstone .. id) == 1 then
       -- canceled while it waited (a cancel racing with promotion): it never runs
@@ -119,9 +121,10 @@ while taken + #claimed < max_n and rounds < 8 do
       end
     elseif name then
       if known[name] or r[3] == '1' then
-        local d = redis.call('HINCRBY', rk, 'd', 1)
-        redis.call('HSET', rk, 'o', token)
-        redis.call('ZADD', q.leases, now + lease_ms, id)
+        local d = tonumber(r[5] or 0) + 1
+        redis.call('HSET', rk, 'd', d, 'o', token)
+        leases[#leases + 1] = deadline
+        leases[#leases + 1] = id
         if write_states then
           redis.call('SET', q.state .. id, state_json(id, 'RECEIVED', name), 'EX', ttl)
         end
@@ -139,6 +142,7 @@ while taken + #claimed < max_n and rounds < 8 do
   end
 end
 if #claimed > 0 then
+  redis.call('ZADD', q.leases, unpack(leases))
   redis.call('SET', req, table.concat(claimed, ' '), 'EX', 300)
 end
 if redis.call('ZCARD', q.ready) > 0 then

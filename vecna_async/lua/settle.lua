@@ -41,6 +41,7 @@ i = 1
 local now = now_ms()
 local pubs = {}
 local lost = {}
+local acked = {} -- leases to drop: one ZREM for the whole batch
 
 local function owned(rk, token)
   return redis.call('HGET', rk, 'o') == token
@@ -133,7 +134,7 @@ while i <= #A do
     local r = redis.call('HMGET', rk, 'o', 'r')
     if r[1] == token then
       redis.call('DEL', rk)
-      redis.call('ZREM', q.leases, id)
+      acked[#acked + 1] = id
       if write_states then
         store_state(q, pubs, id, state, r[2], ttl)
       end
@@ -211,6 +212,9 @@ while i <= #A do
   else
     return redis.error_reply('settle: unknown entry kind ' .. tostring(kind) .. ' at entry field ' .. i)
   end
+end
+for k = 1, #acked, 1000 do -- (unpack has a limit on its number of values)
+  redis.call('ZREM', q.leases, unpack(acked, k, math.min(k + 999, #acked)))
 end
 publish_replies(pubs)
 return lost
