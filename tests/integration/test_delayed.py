@@ -17,11 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support.vecna import eventually, running_worker
+from tests.support.vecna import eventually, running_worker, tuned
 from vecna_async import (
     Chain,
     Chord,
@@ -126,10 +125,6 @@ def marks(rc: aioredis.Redis, config: Config) -> Marks:
 def app(server: Server, marks: Marks) -> Server:
     register(server, marks)
     return server
-
-
-def tuned(config: Config, **redis: Any) -> Config:
-    return msgspec.structs.replace(config, redis=msgspec.structs.replace(config.redis, **redis))
 
 
 def in_ms(seconds: float) -> datetime:

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from anyio.abc import Process
 
 from tests.support.redis_procs import RedisProcess
-from tests.support.vecna import eventually, running_worker
+from tests.support.vecna import eventually, running_worker, tuned
 from vecna_async import (
     BrokerUnavailable,
     Config,
@@ -51,14 +51,6 @@ QUEUE = "vecna_tasks"  # Config's default_queue: the queue the subprocess worker
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def tuned(config: Config, *, shutdown_grace: float | None = None, **redis: Any) -> Config:
-    """``config`` with some RedisConfig fields (and the shutdown grace) replaced."""
-    grace = config.shutdown_grace if shutdown_grace is None else shutdown_grace
-    return msgspec.structs.replace(
-        config, shutdown_grace=grace, redis=msgspec.structs.replace(config.redis, **redis)
-    )
 
 
 def worker_env(config: Config) -> dict[str, str]:

@@ -15,11 +15,10 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support.vecna import eventually, running_worker
+from tests.support.vecna import eventually, running_worker, tuned
 from vecna_async import (
     Arg,
     Chain,
@@ -174,10 +173,6 @@ def app(server: Server, marks: Marks) -> Server:
     """The ``server`` fixture with this module's tasks registered."""
     register(server, marks)
     return server
-
-
-def tuned(config: Config, **redis: Any) -> Config:
-    return msgspec.structs.replace(config, redis=msgspec.structs.replace(config.redis, **redis))
 
 
 async def queue_counts(rc: aioredis.Redis, server: Server, queue: str = QUEUE) -> dict[str, int]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
+import msgspec
 
-from vecna_async import Server, Worker
+from vecna_async import Config, Server, Worker
 
 T = TypeVar("T")
 
@@ -40,3 +41,11 @@ async def eventually(
         await anyio.sleep(interval)
         value = await check()
     return value
+
+
+def tuned(config: Config, *, shutdown_grace: float | None = None, **redis: Any) -> Config:
+    """``config`` with some RedisConfig fields (and the shutdown grace) replaced."""
+    grace = config.shutdown_grace if shutdown_grace is None else shutdown_grace
+    return msgspec.structs.replace(
+        config, shutdown_grace=grace, redis=msgspec.structs.replace(config.redis, **redis)
+    )
