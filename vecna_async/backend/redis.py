@@ -33,7 +33,12 @@ class RedisBackend:
 
     async def get_state(self, queue: str, task_id: str) -> TaskState | None:
         async with unavailable_as(self._where):
-            stored = await self.client.get(self._keys.queue(queue).state(task_id))
+            if self._shares_broker:  # PENDING/RECEIVED are derived from the message record
+                packed = self._keys.packed_queue(queue)
+                args = [packed, self._keys.sched_channel, task_id]
+                stored = await script("state")(self.client, [self._keys.queue(queue).ready], args)
+            else:
+                stored = await self.client.get(self._keys.queue(queue).state(task_id))
         return decode_state(raw(stored)) if stored else None
 
     async def watch(self, queue: str, task_id: str) -> TaskState | None:

@@ -57,11 +57,11 @@ def _packed(fields: list[Any]) -> bytes:
     return msgpack_encode([f.decode() if type(f) is bytes else f for f in fields])
 
 
-def _message_args(m: Outgoing, pending_state: bytes) -> list[Any]:
-    """A message as the Lua ``enqueue`` takes it (lua/_lib.lua)."""
+def _message_args(m: Outgoing, write: str) -> list[Any]:
+    """A message as the Lua ``enqueue`` takes it (lua/_lib.lua); ``write`` is "1" when the
+    states live on this Redis."""
     return [
-        m.id, m.name, m.body, m.priority, m.due_ms, int(m.ignore_unregistered), m.reply_to,
-        pending_state,
+        m.id, m.name, m.body, m.priority, m.due_ms, int(m.ignore_unregistered), m.reply_to, write,
     ]  # fmt: skip
 
 
@@ -77,7 +77,7 @@ def _chord_args(
     return [
         "S", chord.group_key, chord.fired_key, chord.index, chord.count, chord.results,
         qi(m.queue), m.id, m.name, chord.body_prefix, chord.body_suffix, m.priority, m.due_ms,
-        int(m.ignore_unregistered), m.reply_to, m.pending_state if write_states else b"",
+        int(m.ignore_unregistered), m.reply_to, "1" if write_states else "",
     ]  # fmt: skip
 
 
@@ -99,13 +99,10 @@ class RedisBroker:
         self._config = config
         self._write_states = write_states
         self._flag = "1" if write_states else "0"
+        self._flag_str = "1" if write_states else ""
         self._ttl = config.results_expire_in
         self._known_delayed_queues: set[str] = set()
         self._coalescer = Coalescer(self._enqueue)
-
-    def _pending(self, m: Outgoing) -> bytes:
-        """The PENDING state for the scripts to write; none when states live elsewhere."""
-        return m.pending_state if self._write_states else b""
 
     def _q(self, queue: str) -> QueueKeys:
         return self._keys.queue(queue)
@@ -138,7 +135,7 @@ class RedisBroker:
             for queue, batch in by_queue.items():
                 fields: list[Any] = []
                 for m in batch:
-                    fields += _message_args(m, self._pending(m))
+                    fields += _message_args(m, self._flag_str)
                 args = [request_id, request_ttl, self._ttl, _packed(fields)]
                 await self._script("enqueue", queue, args)
                 if queue not in self._known_delayed_queues and any(m.due_ms for m in batch):
@@ -186,7 +183,7 @@ class RedisBroker:
         def after(d: Done) -> list[Any]:
             out: list[Any] = [len(d.follow_ups)]
             for m in d.follow_ups:
-                out += [qi(m.queue), *_message_args(m, self._pending(m))]
+                out += [qi(m.queue), *_message_args(m, self._flag_str)]
             out.append(len(d.extra_states))
             for x in d.extra_states:
                 out += [qi(x.queue), x.task_id, x.state, x.reply_to]
@@ -324,9 +321,9 @@ class RedisBroker:
         return [bool(flags.get(i)) for i in task_ids]
 
     async def requeue_dead_letter(self, queue: str, task_id: str) -> bool:
-        pending = b""
-        if self._write_states:
-            pending = encode(TaskState(task_id=task_id, state=State.PENDING))
-        args = [task_id, pending, self._ttl]
         async with unavailable_as(self.where):
-            return bool(await self._script("requeue_dead", queue, args))
+            back = bool(await self._script("requeue_dead", queue, [task_id, self._flag]))
+        if back and self._store is not None:  # its FAILURE there is no longer true
+            pending = encode(TaskState(task_id=task_id, state=State.PENDING))
+            await self._store.store([StateWrite(queue, task_id, pending)])
+        return back

@@ -61,6 +61,30 @@ local function publish_replies(pubs)
   end
 end
 
+local function is_final(state)
+  return string.find(state, '"state":"SUCCESS"', 1, true)
+    or string.find(state, '"state":"FAILURE"', 1, true)
+    or string.find(state, '"state":"CANCELED"', 1, true)
+end
+
+-- A task's state. Final states (and STARTED, RETRY) are stored; PENDING and RECEIVED are what its
+-- message record says (waiting, or leased to a worker), so the hot path writes neither.
+local function current_state(q, id)
+  local stored = redis.call('GET', q.state .. id)
+  if stored and is_final(stored) then
+    return stored
+  end
+  local r = redis.call('HMGET', q.record .. id, 'n', 'o')
+  if not r[1] then
+    return stored
+  end
+  local kind = stored and string.match(stored, '"state":"(%u+)"')
+  if r[2] then
+    return kind == 'STARTED' and stored or state_json(id, 'RECEIVED', r[1])
+  end
+  return kind == 'RETRY' and stored or state_json(id, 'PENDING', r[1])
+end
+
 -- Store a state and queue its publication to the reply channels.
 local function store_state(q, pubs, id, state, reply, ttl)
   redis.call('SET', q.state .. id, state, 'EX', ttl)
@@ -71,7 +95,7 @@ end
 -- already leased to it, through the worker's inbox list it is blocked on: one round trip to the
 -- worker instead of a wake-up and then a claim. A registration whose worker stopped refreshing it
 -- is dropped. Returns true if handed over.
-local function hand_to_idle(q, now, id, name, body, write_states, ttl)
+local function hand_to_idle(q, now, id, body)
   for _ = 1, 4 do
     local session = redis.call('LPOP', q.idle_order)
     if not session then
@@ -86,9 +110,6 @@ local function hand_to_idle(q, now, id, name, body, write_states, ttl)
         local d = redis.call('HINCRBY', rk, 'd', 1)
         redis.call('HSET', rk, 'o', session .. '/' .. d) -- a fresh lease token per delivery
         redis.call('ZADD', q.leases, now + ms, id)
-        if write_states then
-          redis.call('SET', q.state .. id, state_json(id, 'RECEIVED', name), 'EX', ttl)
-        end
         local inbox = q.inbox .. session
         redis.call('RPUSH', inbox, d .. ' ' .. id .. ' ' .. body)
         redis.call('PEXPIRE', inbox, ms)
@@ -107,8 +128,8 @@ local function hand_to_idle(q, now, id, name, body, write_states, ttl)
 end
 
 -- A message is ready: to an idle worker if one waits, else into the ready set with a wake-up.
-local function make_ready(q, now, id, score, name, body, write_states, ttl)
-  if not hand_to_idle(q, now, id, name, body, write_states, ttl) then
+local function make_ready(q, now, id, score, body)
+  if not hand_to_idle(q, now, id, body) then
     redis.call('ZADD', q.ready, score, id)
     wake(q)
   end
@@ -116,23 +137,21 @@ end
 
 -- Enqueue one message unless its id is queued already (a resend of the same id is a no-op).
 -- Returns 0 skipped, 1 ready, 2 delayed, 3 delayed and now the earliest entry of the delayed set.
--- A canceled id (tombstone) is not enqueued: its state becomes CANCELED instead.
-local function enqueue(q, now, id, name, body, priority, due, ignore, reply, state, ttl)
+-- A canceled id (tombstone) is not enqueued: its state becomes CANCELED instead. `write` ('1'
+-- or '') says whether states live here; PENDING is not stored: current_state derives it.
+local function enqueue(q, now, id, name, body, priority, due, ignore, reply, write, ttl)
   local rk = q.record .. id
   if redis.call('EXISTS', rk) == 1 then
     return 0
   end
   if redis.call('EXISTS', q.tombstone .. id) == 1 then
-    if state ~= '' then
+    if write ~= '' then
       redis.call('SET', q.state .. id, state_json(id, 'CANCELED', name), 'EX', ttl)
     end
     return 0
   end
   local score = redis.call('INCR', q.seq) - tonumber(priority) * PRIORITY_WEIGHT
   redis.call('HSET', rk, 'b', body, 'n', name, 'p', score, 'd', 0, 'i', ignore, 'r', reply)
-  if state ~= '' then
-    redis.call('SET', q.state .. id, state, 'EX', ttl)
-  end
   due = tonumber(due)
   if due > now then
     redis.call('ZADD', q.delayed, due, id)
@@ -142,7 +161,7 @@ local function enqueue(q, now, id, name, body, priority, due, ignore, reply, sta
     end
     return 2
   end
-  make_ready(q, now, id, score, name, body, state ~= '', ttl)
+  make_ready(q, now, id, score, body)
   return 1
 end
 

@@ -125,9 +125,6 @@ while taken + #claimed < max_n and rounds < 8 do
         redis.call('HSET', rk, 'd', d, 'o', token)
         leases[#leases + 1] = deadline
         leases[#leases + 1] = id
-        if write_states then
-          redis.call('SET', q.state .. id, state_json(id, 'RECEIVED', name), 'EX', ttl)
-        end
         claimed[#claimed + 1] = id
         out[#out + 1] = id
         out[#out + 1] = r[2]

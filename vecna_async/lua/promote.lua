@@ -16,7 +16,7 @@ for _, id in ipairs(due) do
       store_state(q, pubs, id, state_json(id, 'CANCELED', r[2]), r[3], tonumber(ARGV[5]))
     end
   elseif p then
-    make_ready(q, now, id, p, r[2], r[4], ARGV[4] == '1', tonumber(ARGV[5]))
+    make_ready(q, now, id, p, r[4])
     moved = moved + 1
   end
 end

@@ -1,5 +1,7 @@
 -- Put one dead-lettered message back to ready with a fresh delivery count.
--- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, id, pending_state ('' = leave the state), ttl.
+-- KEYS: one key of the queue (for routing).
+-- ARGV: queue (packed keys), sched_channel, id, write_states (0/1): its stored FAILURE is dropped,
+-- so its state is what the record says again (PENDING).
 local q = queue_from(ARGV[1])
 local id = ARGV[3]
 if redis.call('ZREM', q.dead, id) == 0 then
@@ -14,8 +16,8 @@ redis.call('HDEL', rk, 'e', 't', 'o', 'k')
 redis.call('ZREM', q.dead_pending, id)
 redis.call('HSET', rk, 'd', 0)
 redis.call('ZADD', q.ready, p, id)
-if ARGV[4] ~= '' then
-  redis.call('SET', q.state .. id, ARGV[4], 'EX', tonumber(ARGV[5]))
+if ARGV[4] == '1' then
+  redis.call('DEL', q.state .. id)
 end
 wake(q)
 return 1

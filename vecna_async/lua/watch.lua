@@ -9,4 +9,4 @@ if channels then
     redis.call('HSET', rk, 'r', channels .. ' ' .. ARGV[4])
   end
 end
-return redis.call('GET', q.state .. ARGV[3])
+return current_state(q, ARGV[3])
