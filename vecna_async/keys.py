@@ -24,6 +24,8 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:{q}:parked:<name>  ZSET  parked ids of that task name, with their order score
     vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim call (redis-py retries)
     vecna:{q}:x:<id>         STR   cancel tombstone: the id must never run
+    vecna:{q}:canceling      STR   exists while any tombstone of the queue may (checked once per
+                                   script call instead of once per message)
     vecna:{q}:g:<group id>   HASH  chord member index -> its results (q: the callback's queue)
     vecna:{q}:g:<gid>:fired  STR   set once when the chord callback was sent (or "failed")
     vecna:queues             SET   every queue that ever held a delayed entry (for schedulers)
@@ -80,6 +82,7 @@ class QueueKeys(NamedTuple):
     idle: str
     idle_order: str
     inbox_prefix: str
+    canceling: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
@@ -143,6 +146,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         idle=base + "idle",
         idle_order=base + "idle_order",
         inbox_prefix=base + "inbox:",
+        canceling=base + "canceling",
     )
 
 

@@ -136,9 +136,12 @@ class Broker(Protocol):
     async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
         """Renew leases (id, token); returns the ids whose lease was lost."""
 
-    async def wait_for_work(self, queue: str, timeout: float, session: str = "") -> list[Claimed]:
+    async def wait_for_work(
+        self, queue: str, timeout: float, session: str = "", max_n: int = 1
+    ) -> list[Claimed]:
         """Block until there may be work in ``queue`` or ``timeout`` passes (a hint only); returns
-        a message handed to the session's inbox meanwhile (already leased), if any."""
+        the messages (at most ``max_n``) handed to the session's inbox meanwhile, already
+        leased."""
 
     async def leave(self, queue: str, session: str) -> int:
         """End a session: drop its registration, hand back what its inbox holds."""

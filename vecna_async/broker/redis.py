@@ -226,17 +226,24 @@ class RedisBroker:
             lost = await self._script("heartbeat", queue, args)
         return [text(x) for x in lost]
 
-    async def wait_for_work(self, queue: str, timeout: float, session: str = "") -> list[Claimed]:
+    async def wait_for_work(
+        self, queue: str, timeout: float, session: str = "", max_n: int = 1
+    ) -> list[Claimed]:
         q = self._q(queue)
         inbox = q.inbox_prefix + session
-        keys = [inbox, q.wake] if session else [q.wake]  # the inbox first: BLPOP reads in order
+        keys = [inbox, q.wake] if session else [q.wake]  # the inbox first: BLMPOP reads in order
         async with unavailable_as(self.where):
-            popped = await self._blocking.blpop(keys, timeout=timeout)
+            popped: Any = await self._blocking.blmpop(
+                timeout, len(keys), *keys, direction="LEFT", count=max(1, max_n)
+            )
         if not popped or text(popped[0]) != inbox:
             return []
-        d, task_id, body = raw(popped[1]).split(b" ", 2)
-        token = f"{session}/{int(d)}"
-        return [Claimed(queue, task_id.decode(), body, int(d), token, False)]
+        handed = []
+        for entry in popped[1]:
+            d, task_id, body = raw(entry).split(b" ", 2)
+            token = f"{session}/{int(d)}"
+            handed.append(Claimed(queue, task_id.decode(), body, int(d), token, False))
+        return handed
 
     async def leave(self, queue: str, session: str) -> int:
         """Drop an idle registration; what its inbox holds goes back to ready, unrun."""

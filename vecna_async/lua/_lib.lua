@@ -20,14 +20,31 @@ local function queue_from(packed)
     wake = list[5], seq = list[6], record = list[7], state = list[8],
     parked = list[9], parked_prefix = list[10], request = list[11],
     tombstone = list[12], chord = list[13], dead_pending = list[14],
-    idle = list[15], idle_order = list[16], inbox = list[17], name = list[18],
+    idle = list[15], idle_order = list[16], inbox = list[17], canceling = list[18],
+    name = list[19],
   }
 end
 
+-- Per script call: whether the queue has live tombstones (checked once), whether the idle list
+-- ran dry and whether a wake-up token was pushed (both stay true for the rest of the call).
+local function call_context(q)
+  return { tombs = redis.call('EXISTS', q.canceling) == 1, no_idle = false, woken = false }
+end
+
+local function canceled(q, ctx, id)
+  return ctx.tombs and redis.call('EXISTS', q.tombstone .. id) == 1
+end
+
 -- One wake-up token for an idle worker (BLPOP). Only ever a hint: workers also poll.
-local function wake(q)
+local function wake(q, ctx)
+  if ctx and ctx.woken then
+    return
+  end
   if redis.call('LLEN', q.wake) == 0 then
     redis.call('RPUSH', q.wake, '1')
+  end
+  if ctx then
+    ctx.woken = true
   end
 end
 
@@ -95,10 +112,14 @@ end
 -- already leased to it, through the worker's inbox list it is blocked on: one round trip to the
 -- worker instead of a wake-up and then a claim. A registration whose worker stopped refreshing it
 -- is dropped. Returns true if handed over.
-local function hand_to_idle(q, now, id, body)
+local function hand_to_idle(q, ctx, now, id, body)
+  if ctx.no_idle then
+    return false
+  end
   for _ = 1, 4 do
     local session = redis.call('LPOP', q.idle_order)
     if not session then
+      ctx.no_idle = true
       return false
     end
     local v = redis.call('HGET', q.idle, session)
@@ -128,10 +149,10 @@ local function hand_to_idle(q, now, id, body)
 end
 
 -- A message is ready: to an idle worker if one waits, else into the ready set with a wake-up.
-local function make_ready(q, now, id, score, body)
-  if not hand_to_idle(q, now, id, body) then
+local function make_ready(q, ctx, now, id, score, body)
+  if not hand_to_idle(q, ctx, now, id, body) then
     redis.call('ZADD', q.ready, score, id)
-    wake(q)
+    wake(q, ctx)
   end
 end
 
@@ -139,18 +160,18 @@ end
 -- Returns 0 skipped, 1 ready, 2 delayed, 3 delayed and now the earliest entry of the delayed set.
 -- A canceled id (tombstone) is not enqueued: its state becomes CANCELED instead. `write` ('1'
 -- or '') says whether states live here; PENDING is not stored: current_state derives it.
-local function enqueue(q, now, id, name, body, priority, due, ignore, reply, write, ttl)
+local function enqueue(q, ctx, now, id, name, body, priority, due, ignore, reply, write, ttl, seq)
   local rk = q.record .. id
   if redis.call('EXISTS', rk) == 1 then
     return 0
   end
-  if redis.call('EXISTS', q.tombstone .. id) == 1 then
+  if canceled(q, ctx, id) then
     if write ~= '' then
       redis.call('SET', q.state .. id, state_json(id, 'CANCELED', name), 'EX', ttl)
     end
     return 0
   end
-  local score = redis.call('INCR', q.seq) - tonumber(priority) * PRIORITY_WEIGHT
+  local score = (seq or redis.call('INCR', q.seq)) - tonumber(priority) * PRIORITY_WEIGHT
   redis.call('HSET', rk, 'b', body, 'n', name, 'p', score, 'd', 0, 'i', ignore, 'r', reply)
   due = tonumber(due)
   if due > now then
@@ -161,7 +182,7 @@ local function enqueue(q, now, id, name, body, priority, due, ignore, reply, wri
     end
     return 2
   end
-  make_ready(q, now, id, score, body)
+  make_ready(q, ctx, now, id, score, body)
   return 1
 end
 

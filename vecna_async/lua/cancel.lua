@@ -24,6 +24,7 @@ for i = 5, #ARGV do
     out[#out + 1] = 0
   else
     redis.call('SET', q.tombstone .. id, '1', 'EX', ttl)
+    redis.call('SET', q.canceling, '1', 'EX', ttl) -- outlives every tombstone set so far
     if r[1] then
       redis.call('ZREM', q.delayed, id)
       redis.call('ZREM', q.ready, id)

@@ -98,6 +98,7 @@ if redis.call('SCARD', q.parked) > 0 then
   end
 end
 
+local ctx = call_context(q)
 local claimed = {}
 local leases = {} -- deadline, id pairs: one ZADD for the whole batch
 local deadline = now + lease_ms
@@ -113,7 +114,7 @@ while taken + #claimed < max_n and rounds < 8 do
     local rk = q.record .. id
     local r = redis.call('HMGET', rk, 'n', 'b', 'i', 'r', 'd')
     local name = r[1]
-    if name and redis.call('EXISTS', q.tombstone .. id) == 1 then
+    if name and canceled(q, ctx, id) then
       -- canceled while it waited (a cancel racing with promotion): it never runs
       redis.call('DEL', rk)
       if write_states then

@@ -13,9 +13,12 @@ local ttl = ARGV[5]
 local count = 0
 local earliest = nil
 local M = cmsgpack.unpack(ARGV[6])
+local ctx = call_context(q)
+local seq = redis.call('INCRBY', q.seq, #M / 8) - #M / 8 -- FIFO numbers for the whole batch
 for i = 1, #M, 8 do
-  local r = enqueue(q, now, M[i], M[i + 1], M[i + 2], M[i + 3], M[i + 4], M[i + 5], M[i + 6],
-    M[i + 7], ttl)
+  seq = seq + 1
+  local r = enqueue(q, ctx, now, M[i], M[i + 1], M[i + 2], M[i + 3], M[i + 4], M[i + 5],
+    M[i + 6], M[i + 7], ttl, seq)
   if r > 0 then
     count = count + 1
   end

@@ -6,17 +6,18 @@ local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 local moved = 0
 local pubs = {}
+local ctx = call_context(q)
 for _, id in ipairs(due) do
   redis.call('ZREM', q.delayed, id)
   local r = redis.call('HMGET', q.record .. id, 'p', 'n', 'r', 'b')
   local p = r[1]
-  if p and redis.call('EXISTS', q.tombstone .. id) == 1 then
+  if p and canceled(q, ctx, id) then
     redis.call('DEL', q.record .. id) -- canceled while it waited: it never runs
     if ARGV[4] == '1' then
       store_state(q, pubs, id, state_json(id, 'CANCELED', r[2]), r[3], tonumber(ARGV[5]))
     end
   elseif p then
-    make_ready(q, now, id, p, r[4])
+    make_ready(q, ctx, now, id, p, r[4])
     moved = moved + 1
   end
 end

@@ -43,13 +43,19 @@ local pubs = {}
 local lost = {}
 local acked = {} -- leases to drop: one ZREM for the whole batch
 
+local contexts = {}
+local function ctx_of(qi)
+  contexts[qi] = contexts[qi] or call_context(queues[qi])
+  return contexts[qi]
+end
+
 local function owned(rk, token)
   return redis.call('HGET', rk, 'o') == token
 end
 
 local function enqueue_at(qi, a)
   local due = A[a + 4]
-  if enqueue(queues[qi], now, A[a], A[a + 1], A[a + 2], A[a + 3], due,
+  if enqueue(queues[qi], ctx_of(qi), now, A[a], A[a + 1], A[a + 2], A[a + 3], due,
       A[a + 5], A[a + 6], A[a + 7], ttl) == 3 then
     announce_due(sched_channel, names[qi], due)
   end
@@ -86,7 +92,7 @@ local function send_chord_callback(c)
   -- the callback's fields, laid out as a follow-up's minus the body (spliced here)
   local qi = tonumber(A[c + 6])
   local due = A[c + 12]
-  if enqueue(queues[qi], now, A[c + 7], A[c + 8], prefix .. joined .. A[c + 10],
+  if enqueue(queues[qi], ctx_of(qi), now, A[c + 7], A[c + 8], prefix .. joined .. A[c + 10],
       A[c + 11], due, A[c + 13], A[c + 14], A[c + 15], ttl) == 3 then
     announce_due(sched_channel, names[qi], due)
   end

@@ -104,7 +104,7 @@ class Consumer:
             # the next messages come straight to this worker's inbox; a wake-up or the poll
             # period sends it back to claiming.
             while registered > 0 and not self._stopping:
-                handed = await self._idle(self._wait_for_work(tasks))
+                handed = await self._idle(self._wait_for_work(tasks, registered))
                 if not handed:
                     break
                 registered -= handed
@@ -129,10 +129,12 @@ class Consumer:
         for _ in range(n):
             self._slots.release()
 
-    async def _wait_for_work(self, tasks: TaskSet) -> int:
-        """Wait for a handed-over message (started here; returns 1) or a wake-up (returns 0)."""
+    async def _wait_for_work(self, tasks: TaskSet, registered: int) -> int:
+        """Wait for handed-over messages (started here; returns how many) or a wake-up (0)."""
         try:
-            handed = await self._broker.wait_for_work(self._queue, self._poll, self._session)
+            handed = await self._broker.wait_for_work(
+                self._queue, self._poll, self._session, registered
+            )
         except BrokerUnavailable as exc:
             log.warning("wake-up wait on %r failed (%s)", self._queue, exc)
             await anyio.sleep(min(self._poll, 1.0))
