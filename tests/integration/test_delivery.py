@@ -560,7 +560,7 @@ async def test_scripts_are_idempotent_under_a_resent_call(
     assert await rc.zcard(q.ready) == 2
 
     # (no idle session: "" and its registration ttl)
-    claim = [*meta, "token-1", "claim-req-1", 1, 60_000, 5, "1", ttl, 100, "", 0, "echo"]
+    claim = [*meta, "token-1", "claim-req-1", 1, 60_000, 5, "1", ttl, 100, "", 0, 60, "echo"]
     first = await script("claim")(rc, keys, claim)
     assert len(first) == 5
     claimed = first[0].decode()

@@ -118,10 +118,11 @@ class Broker(Protocol):
     """The queue side of vecna_async. ``RedisBroker`` implements it."""
 
     async def publish(
-        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 300
+        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 0
     ) -> None:
         """Enqueue messages (ready, or delayed when ``due_ms`` is in the future). A repeated
-        ``request_id`` within ``request_ttl`` seconds is a no-op (per queue)."""
+        ``request_id`` within ``request_ttl`` seconds (0: as long as redis-py may still resend
+        a call) is a no-op (per queue)."""
 
     async def claim(
         self, queue: str, max_n: int, task_names: Sequence[str], session: str = ""

@@ -100,6 +100,10 @@ class RedisBroker:
         self._write_states = write_states
         self._flag = "1" if write_states else "0"
         self._flag_str = "1" if write_states else ""
+        r = config.redis
+        # How long redis-py may still resend a call (each attempt can wait a read timeout): the
+        # life of the request ids that make a resent enqueue or claim a no-op.
+        self._resend_window = int((r.retries + 1) * (r.read_timeout + 0.5)) + 1
         self._ttl = config.results_expire_in
         self._known_delayed_queues: set[str] = set()
         self._coalescer = Coalescer(self._enqueue)
@@ -115,7 +119,7 @@ class RedisBroker:
         return await script(name)(self._main, [self._q(queue).ready], argv)
 
     async def publish(
-        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 300
+        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 0
     ) -> None:
         if request_id:  # its own call: the request id is what deduplicates it
             await self._enqueue(messages, request_id, request_ttl)
@@ -123,7 +127,7 @@ class RedisBroker:
             await self._coalescer.publish(messages)
 
     async def _enqueue(
-        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 300
+        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 0
     ) -> None:
         by_queue: dict[str, list[Outgoing]] = defaultdict(list)
         for m in messages:
@@ -136,7 +140,7 @@ class RedisBroker:
                 fields: list[Any] = []
                 for m in batch:
                     fields += _message_args(m, self._flag_str)
-                args = [request_id, request_ttl, self._ttl, _packed(fields)]
+                args = [request_id, request_ttl or self._resend_window, self._ttl, _packed(fields)]
                 await self._script("enqueue", queue, args)
                 if queue not in self._known_delayed_queues and any(m.due_ms for m in batch):
                     await self.remember_queue(queue)
@@ -160,6 +164,7 @@ class RedisBroker:
         args = [
             token, uuid.uuid4().hex, max_n, int(r.lease_timeout * 1000),
             r.max_deliveries, self._flag, self._ttl, max(100, max_n), session, idle_ttl,
+            self._resend_window,
             *task_names,
         ]  # fmt: skip
         async with unavailable_as(self.where):

@@ -1,7 +1,7 @@
 -- Claim up to max_n ready messages for one worker, each with a lease (deadline + owner token).
 -- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, token, request_id, max_n, lease_ms,
---   max_deliveries, write_states (0/1), state_ttl, reap_limit, session, idle_ttl_ms, then the
---   task names the worker knows.
+--   max_deliveries, write_states (0/1), state_ttl, reap_limit, session, idle_ttl_ms,
+--   resend_window (s: how long this call's request id is remembered), then the task names.
 -- Returns a flat list: id, body, deliveries, flag, token per message: flag '' (claimed),
 -- 'unregistered' (claimed to fail it), or 'dead:<reason>' (a dead letter whose aftermath is to be
 -- settled); token '' means this call's token.
@@ -15,9 +15,9 @@ local token, request_id = ARGV[3], ARGV[4]
 local max_n, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_deliveries, write_states = tonumber(ARGV[7]), ARGV[8] == '1'
 local ttl, reap_limit = tonumber(ARGV[9]), tonumber(ARGV[10])
-local session, idle_ttl = ARGV[11], tonumber(ARGV[12])
+local session, idle_ttl, resend_window = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
 local known = {}
-for i = 13, #ARGV do
+for i = 14, #ARGV do
   known[ARGV[i]] = true
 end
 local out = {}
@@ -141,7 +141,7 @@ while taken + #claimed < max_n and rounds < 8 do
 end
 if #claimed > 0 then
   redis.call('ZADD', q.leases, unpack(leases))
-  redis.call('SET', req, table.concat(claimed, ' '), 'EX', 300)
+  redis.call('SET', req, table.concat(claimed, ' '), 'EX', resend_window)
 end
 if redis.call('ZCARD', q.ready) > 0 then
   wake(q) -- more work than this worker took: let the next idle one know

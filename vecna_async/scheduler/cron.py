@@ -8,11 +8,13 @@ from __future__ import annotations
 import copy
 import re
 from datetime import datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter
-
 from vecna_async.exceptions import InvalidCronSpec
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["CronSchedule"]
 
@@ -107,6 +109,10 @@ class CronSchedule:
         except (ZoneInfoNotFoundError, ValueError):
             reason = f"unknown time zone {self._tz!r}; expected an IANA name like 'Europe/Paris'"
             raise InvalidCronSpec(self._spec, reason) from None
+        # Imported here, not at the top: a process that never parses a spec (most web apps,
+        # most workers) does not load croniter and dateutil.
+        from croniter import CroniterBadDateError, croniter
+
         try:
             # The start time only carries the zone: every call passes its own.
             self._template = croniter(

@@ -152,8 +152,11 @@ def _checkable(hint: Any) -> Any:
     return Any if isinstance(info, msgspec.inspect.CustomType) else hint
 
 
+_EXACT = frozenset({int, float, str, bool})
+
+
 def _convert(task_name: str, index: int | str, hint: Any, value: Any) -> Any:
-    if hint is Any:
+    if hint is Any or (hint in _EXACT and type(value) is hint):  # already right: skip msgspec
         return value
     try:
         return msgspec.convert(value, hint, strict=True)

@@ -159,7 +159,7 @@ async def publish(
     *,
     concurrency: int = 0,
     request_id: str = "",
-    request_ttl: int = 300,
+    request_ttl: int = 0,
 ) -> None:
     """Encode and check every message first (nothing is sent if one is too large), then enqueue
     them ``concurrency`` at a time (0: all in one call per queue)."""

@@ -31,6 +31,8 @@ class _Pending:
     started: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (token, name)
     batch: SettleBatch | None = None
     writes: dict[str, StateWrite] = field(default_factory=dict)
+    # Written before the settle: the states of a dead letter's aftermath (see flush).
+    early_writes: dict[str, StateWrite] = field(default_factory=dict)
 
 
 class Flusher:
@@ -66,19 +68,19 @@ class Flusher:
         assert p.batch is not None
         p.batch.done.append(done)
         if self._store is not None:
-            self._note_writes(p, c, done, reply_to)
+            self._note_writes(p.writes, c, done, reply_to)
 
     @staticmethod
-    def _note_writes(p: _Pending, c: Claimed, done: Done, reply_to: str) -> None:
-        """The states a separate backend must store after the settle."""
-        p.writes[c.id] = StateWrite(c.queue, c.id, done.state, reply_to)
+    def _note_writes(writes: dict[str, StateWrite], c: Claimed, done: Done, reply_to: str) -> None:
+        """The states a separate backend must store for this outcome."""
+        writes[c.id] = StateWrite(c.queue, c.id, done.state, reply_to)
         for m in done.follow_ups:
-            p.writes[m.id] = StateWrite(m.queue, m.id, m.pending_state, if_absent=True)
+            writes[m.id] = StateWrite(m.queue, m.id, m.pending_state, if_absent=True)
         for x in done.extra_states:
-            p.writes[x.task_id] = StateWrite(x.queue, x.task_id, x.state, x.reply_to)
+            writes[x.task_id] = StateWrite(x.queue, x.task_id, x.state, x.reply_to)
         if isinstance(done.chord, ChordFailure):
             cb = done.chord.callback
-            p.writes[cb.task_id] = StateWrite(cb.queue, cb.task_id, cb.state, cb.reply_to)
+            writes[cb.task_id] = StateWrite(cb.queue, cb.task_id, cb.state, cb.reply_to)
 
     def retry(self, c: Claimed, state: bytes, body: bytes, delay_ms: int) -> None:
         p = self._slot(c.queue)
@@ -102,7 +104,7 @@ class Flusher:
         assert p.batch is not None
         p.batch.aftermath.append(done)
         if self._store is not None:
-            self._note_writes(p, c, done, reply_to)
+            self._note_writes(p.early_writes, c, done, reply_to)
 
     def park(self, c: Claimed, name: str) -> None:
         p = self._slot(c.queue)
@@ -146,15 +148,23 @@ class Flusher:
                     p.writes.setdefault(i, StateWrite(queue, i, encode(mark)))
             started, p.started = p.started, {}
             writes, p.writes = p.writes, {}
+            early, p.early_writes = p.early_writes, {}
             if not len(batch) and not writes:
                 continue
             try:
+                if self._store is not None and early:
+                    # A dead letter's aftermath has no lease to fence it, and its settle drops
+                    # it from the set that offers it again: its states go first, so a worker
+                    # dying in between leaves it to be offered (and its states written) again.
+                    await self._store.store(list(early.values()))
+                    early = {}
                 lost = await self._broker.settle(batch) if len(batch) else []
                 if self._store is not None:
                     dropped = set(lost)
                     await self._store.store([w for k, w in writes.items() if k not in dropped])
             except BrokerUnavailable:
                 self._restore(queue, batch, started, writes)
+                p.early_writes.update(early)
                 raise
             if lost:
                 log.warning(
