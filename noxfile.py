@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import nox
 
 nox.options.default_venv_backend = "none"
@@ -22,3 +24,14 @@ def typing(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """vecna_async vs arq, saq, taskiq and streaq (~30 min; not a default session).
+
+    ``nox -s bench`` runs everything with 3 repeats; ``nox -s bench -- --quick`` is a smoke run;
+    other options of benchmarks/run.py pass through. Needs redis-server, redis-benchmark and the
+    ``bench`` extra (``pip install -e '.[bench]'``).
+    """
+    session.run(sys.executable, "benchmarks/run.py", *session.posargs)
