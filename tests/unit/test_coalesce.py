@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 
 def msg(i: int) -> Outgoing:
-    return Outgoing("q", str(i), "t", b"{}", 0, 0, False, "", b"")
+    return Outgoing("q", str(i), "t", b"{}", 0, 0, False, "")
 
 
 async def test_an_idle_send_goes_out_alone_and_at_once() -> None:

@@ -42,7 +42,12 @@ class Outgoing:
     due_ms: int
     ignore_unregistered: bool
     reply_to: str
-    pending_state: bytes
+
+    @property
+    def pending_state(self) -> bytes:
+        """Its PENDING state, for a result backend on another Redis (on the broker's, PENDING
+        is derived from the message record and never stored)."""
+        return encode(TaskState(task_id=self.id, state=State.PENDING, task_name=self.name))
 
 
 def eta_ms(eta: datetime | None) -> int:
@@ -138,7 +143,6 @@ def outgoing(msg: TaskMessage, max_bytes: int) -> Outgoing:
     if len(body) > max_bytes:
         raise MessageTooLarge(msg.name, len(body), max_bytes)
     due = msg.eta_ms if msg.eta_ms > time.time() * 1000 else 0
-    pending = encode(TaskState(task_id=msg.id, state=State.PENDING, task_name=msg.name))
     return Outgoing(
         queue=msg.queue,
         id=msg.id,
@@ -148,7 +152,6 @@ def outgoing(msg: TaskMessage, max_bytes: int) -> Outgoing:
         due_ms=due,
         ignore_unregistered=msg.ignore_when_task_not_registered,
         reply_to=msg.reply_to,
-        pending_state=pending,
     )
 
 
