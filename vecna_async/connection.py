@@ -15,6 +15,7 @@ idle-worker wake-up (BLPOP) whose socket timeout must outlast the block.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +26,9 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vecna_async.config import RedisConfig
 from vecna_async.exceptions import ConfigError
@@ -210,14 +214,15 @@ def _single(target: RedisTarget, cfg: RedisConfig, common: dict[str, Any], timeo
         kwargs["host"], kwargs["port"] = target.hosts[0]
     max_conn = cfg.max_active or None
     if cfg.wait and max_conn:
-        # Waits for a free connection instead of failing at max_active, as the seed's Wait does.
-        pool = _blocking_pool(target, kwargs, max_conn, cfg.read_timeout)
+        # Waits for a free connection instead of failing at max_active, as the seed's Wait does
+        # (without a time limit, like the seed; redis-py's per-call timer also costs ~20 us).
+        pool = _blocking_pool(target, kwargs, max_conn)
         return Redis(connection_pool=pool)
     return Redis(max_connections=max_conn, **kwargs)
 
 
 def _blocking_pool(
-    target: RedisTarget, kwargs: dict[str, Any], max_conn: int, wait_timeout: float
+    target: RedisTarget, kwargs: dict[str, Any], max_conn: int
 ) -> BlockingConnectionPool:
     from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
@@ -230,7 +235,7 @@ def _blocking_pool(
         conn_cls = SSLConnection
         conn_kwargs.pop("ssl", None)
     return BlockingConnectionPool(
-        connection_class=conn_cls, max_connections=max_conn, timeout=wait_timeout, **conn_kwargs
+        connection_class=conn_cls, max_connections=max_conn, timeout=None, **conn_kwargs
     )
 
 
@@ -264,3 +269,66 @@ def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
         kwargs["ssl_certfile"] = cfg.tls_certfile
         kwargs["ssl_keyfile"] = cfg.tls_keyfile or None
     return kwargs
+
+
+PIN_MIN_POOL = 16
+"""Smallest pool cap at which the hot callers keep a connection each."""
+
+
+class PinnedConnection:
+    """One connection kept by a caller that sends one command at a time: a worker's claim loop,
+    its flusher, the send coalescer.
+
+    redis-py spends about 80 us per command checking a connection out of its pool, health-checking
+    it and putting it back; this skips that. Any failure drops the connection; a dropped or stale
+    one is replaced and the command sent once more (every vecna script is safe to run twice). A
+    second caller arriving while a command is in flight, a Redis Cluster, or a pool capped below
+    ``PIN_MIN_POOL`` connections (three kept aside could starve the others) takes the ordinary
+    pool path, so sharing one is never unsafe, only slower.
+    """
+
+    def __init__(self, client: AnyRedis) -> None:
+        self._client = client
+        self._conn: Any = None
+        self._busy = False
+        self.cluster = client if isinstance(client, RedisCluster) else None
+        """Set for a Redis Cluster: callers use the cluster client (it routes every command)."""
+        cap = getattr(getattr(client, "connection_pool", None), "max_connections", 0) or 0
+        self._pinned = self.cluster is None and cap >= PIN_MIN_POOL
+
+    async def execute(self, *args: Any) -> Any:
+        if self._busy or not self._pinned:
+            return await self._client.execute_command(*args)
+        self._busy = True
+        try:
+            try:
+                return await self._send(*args)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                return await self._send(*args)  # a fresh connection, once
+        finally:
+            self._busy = False
+
+    async def _send(self, *args: Any) -> Any:
+        assert isinstance(self._client, Redis)
+        pool = self._client.connection_pool
+        if self._conn is None:
+            self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = self._conn
+        try:
+            await conn.send_command(*args)
+            return await conn.read_response()
+        except ResponseError:
+            raise  # an error reply: the connection itself is fine
+        except BaseException:
+            # Cancelled or broken mid-command: its reply may still come; never reuse it.
+            self._conn = None
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+                await pool.release(conn)
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and isinstance(self._client, Redis):
+            with contextlib.suppress(Exception):
+                await self._client.connection_pool.release(conn)

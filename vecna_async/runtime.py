@@ -33,6 +33,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.listener.close()
+        await self.broker.close()
         await self.broker_clients.close()
         if self.separate_backend:
             await self.backend_clients.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from vecna_async.connection import AnyRedis
+from vecna_async.connection import AnyRedis, PinnedConnection
 
 SCRIPT_NAMES = (
     "enqueue",
@@ -39,7 +39,17 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, client: AnyRedis, keys: list[str], args: list[Any]) -> Any:
+    async def __call__(
+        self, client: AnyRedis | PinnedConnection, keys: list[str], args: list[Any]
+    ) -> Any:
+        if isinstance(client, PinnedConnection) and client.cluster is not None:
+            client = client.cluster  # SCRIPT LOAD must reach every primary: the cluster client's
+        if isinstance(client, PinnedConnection):
+            try:
+                return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await client.execute("SCRIPT", "LOAD", self.source)
+                return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:

@@ -25,7 +25,7 @@ from vecna_async.broker.base import (
 )
 from vecna_async.broker.coalesce import Coalescer
 from vecna_async.config import Config
-from vecna_async.connection import RedisClients, raw, text
+from vecna_async.connection import PinnedConnection, RedisClients, raw, text
 from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.keys import Keys, QueueKeys
 from vecna_async.messages import DeadLetter, State, TaskState, decode_task, encode
@@ -107,16 +107,23 @@ class RedisBroker:
         self._ttl = config.results_expire_in
         self._known_delayed_queues: set[str] = set()
         self._coalescer = Coalescer(self._enqueue)
+        # One connection each for the three hot callers (see PinnedConnection).
+        self._send_conn = PinnedConnection(clients.main)
+        self._claim_conn = PinnedConnection(clients.main)
+        self._settle_conn = PinnedConnection(clients.main)
 
     def _q(self, queue: str) -> QueueKeys:
         return self._keys.queue(queue)
 
-    async def _script(self, name: str, queue: str, args: list[Any]) -> Any:
+    async def _script(
+        self, name: str, queue: str, args: list[Any], via: PinnedConnection | None = None
+    ) -> Any:
         """Run a queue script: KEYS is one key of the queue (Cluster routes on it), ARGV starts
-        with the queue's packed keys and the scheduler channel."""
+        with the queue's packed keys and the scheduler channel. ``via`` a pinned connection
+        for the hot paths (claim, settle, send)."""
         packed = self._keys.packed_queue(queue)
         argv = [packed, self._keys.sched_channel, *args]
-        return await script(name)(self._main, [self._q(queue).ready], argv)
+        return await script(name)(via or self._main, [self._q(queue).ready], argv)
 
     async def publish(
         self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 0
@@ -141,9 +148,14 @@ class RedisBroker:
                 for m in batch:
                     fields += _message_args(m, self._flag_str)
                 args = [request_id, request_ttl or self._resend_window, self._ttl, _packed(fields)]
-                await self._script("enqueue", queue, args)
+                await self._script("enqueue", queue, args, self._send_conn)
                 if queue not in self._known_delayed_queues and any(m.due_ms for m in batch):
                     await self.remember_queue(queue)
+
+    async def close(self) -> None:
+        """Give the pinned connections back to the pool (before the pool closes)."""
+        for conn in (self._send_conn, self._claim_conn, self._settle_conn):
+            await conn.close()
 
     async def remember_queue(self, queue: str) -> None:
         """Record that ``queue`` has a delayed set, so every scheduler looks at it."""
@@ -168,7 +180,7 @@ class RedisBroker:
             *task_names,
         ]  # fmt: skip
         async with unavailable_as(self.where):
-            flat = await self._script("claim", queue, args)
+            flat = await self._script("claim", queue, args, self._claim_conn)
         out = []
         for i in range(0, len(flat), 5):
             flag = text(flat[i + 3])
@@ -217,7 +229,7 @@ class RedisBroker:
             _packed(entries),
         ]  # fmt: skip
         async with unavailable_as(self.where):
-            lost = await self._script("settle", batch.queue, args)
+            lost = await self._script("settle", batch.queue, args, self._settle_conn)
             for name in others:
                 if name not in self._known_delayed_queues:
                     await self.remember_queue(name)
