@@ -1,9 +1,9 @@
 """Lua scripts: read once from ``vecna_async/lua/``, run by SHA, reloaded when Redis lost them.
 
 Every script gets ``_lib.lua`` prepended. Redis may forget scripts (a restart, a failover, SCRIPT
-FLUSH); a ``NOSCRIPT`` reply loads the script again and repeats the call, which is safe because each
-script is idempotent for a repeated call (request ids, lease tokens) — the same property that makes
-redis-py's own retry after a timeout safe.
+FLUSH); after a ``NOSCRIPT`` reply (the script did not run) the call is made again with EVAL and the
+source, which runs it and caches it for the next EVALSHA. Each script is also idempotent for a
+repeated call (request ids, lease tokens), which makes redis-py's own retry after a timeout safe.
 """
 
 from __future__ import annotations
@@ -44,17 +44,17 @@ class Script:
     ) -> Any:
         if isinstance(client, PinnedConnection) and client.cluster is not None:
             client = client.cluster  # SCRIPT LOAD must reach every primary: the cluster client's
+        # On NOSCRIPT (a restarted or flushed Redis) EVAL sends the source: it runs and caches
+        # it in one step, so a SCRIPT FLUSH between a reload and the retry cannot fail the call.
         if isinstance(client, PinnedConnection):
             try:
                 return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
             except NoScriptError:
-                await client.execute("SCRIPT", "LOAD", self.source)
-                return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+                return await client.execute("EVAL", self.source, len(keys), *keys, *args)
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.eval(self.source, len(keys), *keys, *args)
 
 
 @cache

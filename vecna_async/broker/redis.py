@@ -93,7 +93,6 @@ class RedisBroker:
         write_states = state_store is None
         self._store = state_store
         self._main = clients.main
-        self._blocking = clients.blocking
         self.where = clients.target.describe()
         self._keys = keys
         self._config = config
@@ -107,10 +106,11 @@ class RedisBroker:
         self._ttl = config.results_expire_in
         self._known_delayed_queues: set[str] = set()
         self._coalescer = Coalescer(self._enqueue)
-        # One connection each for the three hot callers (see PinnedConnection).
+        # One connection each for the hot callers (see PinnedConnection).
         self._send_conn = PinnedConnection(clients.main)
         self._claim_conn = PinnedConnection(clients.main)
         self._settle_conn = PinnedConnection(clients.main)
+        self._wait_conn = PinnedConnection(clients.blocking)  # the consumer's idle wait
 
     def _q(self, queue: str) -> QueueKeys:
         return self._keys.queue(queue)
@@ -154,7 +154,7 @@ class RedisBroker:
 
     async def close(self) -> None:
         """Give the pinned connections back to the pool (before the pool closes)."""
-        for conn in (self._send_conn, self._claim_conn, self._settle_conn):
+        for conn in (self._send_conn, self._claim_conn, self._settle_conn, self._wait_conn):
             await conn.close()
 
     async def remember_queue(self, queue: str) -> None:
@@ -250,8 +250,8 @@ class RedisBroker:
         inbox = q.inbox_prefix + session
         keys = [inbox, q.wake] if session else [q.wake]  # the inbox first: BLMPOP reads in order
         async with unavailable_as(self.where):
-            popped: Any = await self._blocking.blmpop(
-                timeout, len(keys), *keys, direction="LEFT", count=max(1, max_n)
+            popped: Any = await self._wait_conn.execute(
+                "BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", max(1, max_n)
             )
         if not popped or text(popped[0]) != inbox:
             return []
