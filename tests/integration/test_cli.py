@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from anyio.abc import Process
 
-from tests.support.vecna import eventually
+from tests.support.vecna import clean_env, eventually, worker_env
 from vecna_async import Config, Server, Signature
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,32 +30,11 @@ PYTHON_M = [sys.executable, "-m", "vecna_async"]
 READY_LINE = ": queue 'vecna_tasks', concurrency"  # logged by each worker once it runs
 
 
-def base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("VECNA_")}
-
-
-def worker_env(config: Config) -> dict[str, str]:
-    """The environment that makes ``delivery_app``'s ``Config.from_env()`` equal ``config``."""
-    r = config.redis
-    env = base_env()
-    env.update(
-        VECNA_BROKER=config.broker,
-        VECNA_RESULTS_EXPIRE_IN=str(config.results_expire_in),
-        VECNA_SHUTDOWN_GRACE=str(config.shutdown_grace),
-        VECNA_REDIS_KEY_PREFIX=r.key_prefix,
-        VECNA_REDIS_LEASE_TIMEOUT=str(r.lease_timeout),
-        VECNA_REDIS_HEARTBEAT_INTERVAL=str(r.heartbeat_interval),
-        VECNA_REDIS_NORMAL_TASKS_POLL_PERIOD=str(r.normal_tasks_poll_period),
-        VECNA_REDIS_DELAYED_TASKS_POLL_PERIOD=str(r.delayed_tasks_poll_period),
-    )
-    return env
-
-
 def run_cli(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv,
         cwd=ROOT,
-        env=env or base_env(),
+        env=env or clean_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -114,15 +93,6 @@ async def cli_process(
 async def wait_exit(proc: Process, timeout: float) -> int:
     with anyio.fail_after(timeout):
         return await proc.wait()
-
-
-@pytest.fixture
-async def rc(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,52 +45,52 @@ _wall: Callable[[], float] = time.time  # the real clock, even while a test patc
 
 
 class Marks:
-    def __init__(self, rc: aioredis.Redis, prefix: str) -> None:
-        self.rc = rc
+    def __init__(self, rc_text: aioredis.Redis, prefix: str) -> None:
+        self.rc_text = rc_text
         self.prefix = prefix
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:dl:{name}"
 
     async def runs(self, tag: str) -> int:
-        return int(await self.rc.hget(self.key("runs"), tag) or 0)
+        return int(await self.rc_text.hget(self.key("runs"), tag) or 0)
 
     async def started(self, tag: str) -> float | None:
-        value = await self.rc.hget(self.key("started"), tag)
+        value = await self.rc_text.hget(self.key("started"), tag)
         return None if value is None else float(value)
 
 
 def register(server: Server, marks: Marks) -> None:
-    rc = marks.rc
+    rc_text = marks.rc_text
     key = marks.key
 
     async def stamp(tag: str, *rest: Any) -> float:
         """Record when it started (real wall clock) and count its runs; return the start."""
         now = _wall()
-        await rc.hset(key("started"), tag, repr(now))
-        await rc.hincrby(key("runs"), tag, 1)
+        await rc_text.hset(key("started"), tag, repr(now))
+        await rc_text.hincrby(key("runs"), tag, 1)
         return now
 
     async def record(i: int) -> None:
-        await rc.hset(key("race-at"), str(i), repr(_wall()))
-        await rc.hincrby(key("race"), str(i), 1)
+        await rc_text.hset(key("race-at"), str(i), repr(_wall()))
+        await rc_text.hincrby(key("race"), str(i), 1)
 
     async def fail_once(tag: str) -> str:
-        if await rc.hincrby(key("attempts"), tag, 1) == 1:
+        if await rc_text.hincrby(key("attempts"), tag, 1) == 1:
             raise RuntimeError(f"{tag}: first attempt fails")
         return tag
 
     async def later_once(tag: str) -> str:
-        if await rc.hincrby(key("attempts"), tag, 1) == 1:
+        if await rc_text.hincrby(key("attempts"), tag, 1) == 1:
             raise RetryTaskLater("not yet", delay=timedelta(seconds=1))
         return tag
 
     async def slow_then_retry(tag: str) -> str:
         """First attempt: runs 0.5 s, then asks to be retried in 0.3 s; second: returns."""
-        if await rc.hincrby(key("attempts"), tag, 1) == 1:
+        if await rc_text.hincrby(key("attempts"), tag, 1) == 1:
             await anyio.sleep(0.5)
             raise RetryTaskLater("again", delay=0.3)
-        await rc.hincrby(key("runs"), tag, 1)
+        await rc_text.hincrby(key("runs"), tag, 1)
         return tag
 
     server.register_tasks(
@@ -108,17 +108,8 @@ def register(server: Server, marks: Marks) -> None:
 
 
 @pytest.fixture
-async def rc(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=1000)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def marks(rc: aioredis.Redis, config: Config) -> Marks:
-    return Marks(rc, config.redis.key_prefix)
+def marks(rc_text: aioredis.Redis, config: Config) -> Marks:
+    return Marks(rc_text, config.redis.key_prefix)
 
 
 @pytest.fixture
@@ -138,33 +129,33 @@ def ms(at: datetime) -> int:
     return round(at.timestamp() * 1000)
 
 
-async def redis_ms(rc: aioredis.Redis) -> int:
-    seconds, micros = await rc.time()
+async def redis_ms(rc_text: aioredis.Redis) -> int:
+    seconds, micros = await rc_text.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def wait_redis_time(rc: aioredis.Redis, at_ms: int, timeout: float = 30.0) -> None:
+async def wait_redis_time(rc_text: aioredis.Redis, at_ms: int, timeout: float = 30.0) -> None:
     """Poll Redis's clock until it reads ``at_ms`` or later."""
 
     async def reached() -> bool:
-        return await redis_ms(rc) >= at_ms
+        return await redis_ms(rc_text) >= at_ms
 
     await eventually(reached, timeout=timeout, interval=0.002)
 
 
-async def queue_counts(rc: aioredis.Redis, server: Server) -> dict[str, int]:
+async def queue_counts(rc_text: aioredis.Redis, server: Server) -> dict[str, int]:
     q = server.keys.queue(QUEUE)
     return {
-        "ready": int(await rc.zcard(q.ready)),
-        "delayed": int(await rc.zcard(q.delayed)),
-        "leases": int(await rc.zcard(q.leases)),
-        "parked": int(await rc.scard(q.parked)),
+        "ready": int(await rc_text.zcard(q.ready)),
+        "delayed": int(await rc_text.zcard(q.delayed)),
+        "leases": int(await rc_text.zcard(q.leases)),
+        "parked": int(await rc_text.scard(q.parked)),
     }
 
 
-async def wait_idle(rc: aioredis.Redis, server: Server, timeout: float = 10.0) -> None:
+async def wait_idle(rc_text: aioredis.Redis, server: Server, timeout: float = 10.0) -> None:
     async def idle() -> bool:
-        return not any((await queue_counts(rc, server)).values())
+        return not any((await queue_counts(rc_text, server)).values())
 
     await eventually(idle, timeout=timeout)
 
@@ -183,20 +174,20 @@ async def delayed_ids(server: Server) -> list[str | None]:
     return [s.id for s in await server.get_broker().get_delayed_tasks(QUEUE)]
 
 
-async def canary_after(app: Server, rc: aioredis.Redis, eta: datetime) -> None:
+async def canary_after(app: Server, rc_text: aioredis.Redis, eta: datetime) -> None:
     """Send a task due just after ``eta``, wait for it to run and for the queue to go idle: by
     then anything due at ``eta`` that was going to run has run."""
     after = eta + timedelta(seconds=0.1)
     canary = await app.send_task(Signature("stamp", args=["canary"], eta=after))
     await canary.get(timeout=10)
-    await wait_idle(rc, app)
+    await wait_idle(rc_text, app)
 
 
-async def wait_listening(rc: aioredis.Redis, server: Server, n: int = 1) -> None:
+async def wait_listening(rc_text: aioredis.Redis, server: Server, n: int = 1) -> None:
     """Until ``n`` schedulers are subscribed to the wake-up channel."""
 
     async def subscribed() -> bool:
-        reply = await rc.pubsub_numsub(server.keys.sched_channel)
+        reply = await rc_text.pubsub_numsub(server.keys.sched_channel)
         return int(reply[0][1]) >= n
 
     await eventually(subscribed)
@@ -225,7 +216,7 @@ async def test_eta_pending_until_due_then_runs_no_earlier(app: Server) -> None:
     assert 0 <= late < 0.3, f"started {late * 1000:.1f} ms after its ETA"
 
 
-async def test_naive_eta_is_utc(app: Server, rc: aioredis.Redis) -> None:
+async def test_naive_eta_is_utc(app: Server, rc_text: aioredis.Redis) -> None:
     """With a local zone far from UTC, a naive ETA still means UTC."""
     old = os.environ.get("TZ")
     os.environ["TZ"] = "Asia/Tokyo"
@@ -237,7 +228,7 @@ async def test_naive_eta_is_utc(app: Server, rc: aioredis.Redis) -> None:
         sig = Signature("stamp", args=["naive"], eta=naive)
         r = await app.send_task(sig)
         q = app.keys.queue(QUEUE)
-        assert await rc.zscore(q.delayed, r.task_id) == ms(aware)
+        assert await rc_text.zscore(q.delayed, r.task_id) == ms(aware)
         (listed,) = await app.get_broker().get_delayed_tasks(QUEUE)
         assert listed.eta == aware
         async with running_worker(app, 5):
@@ -251,11 +242,11 @@ async def test_naive_eta_is_utc(app: Server, rc: aioredis.Redis) -> None:
     assert 0 <= started - aware.timestamp() < 0.3
 
 
-async def test_eta_in_the_past_runs_at_once(app: Server, rc: aioredis.Redis) -> None:
+async def test_eta_in_the_past_runs_at_once(app: Server, rc_text: aioredis.Redis) -> None:
     async with running_worker(app, 5):
         sent = _wall()
         r = await app.send_task(Signature("stamp", args=["past"], eta=in_ms(-3600)))
-        assert await rc.zscore(app.keys.queue(QUEUE).delayed, r.task_id) is None
+        assert await rc_text.zscore(app.keys.queue(QUEUE).delayed, r.task_id) is None
         started = await r.get(timeout=5)
     assert started - sent < 0.5
 
@@ -279,7 +270,7 @@ async def test_get_delayed_tasks_lists_them_earliest_first(app: Server) -> None:
 # -- canceling -----------------------------------------------------------------------------------
 
 
-async def test_cancel_delayed_task(app: Server, rc: aioredis.Redis, marks: Marks) -> None:
+async def test_cancel_delayed_task(app: Server, rc_text: aioredis.Redis, marks: Marks) -> None:
     eta = in_ms(0.6)
     sig = Signature("stamp", args=["canceled"], eta=eta)
     async with running_worker(app, 5):
@@ -289,25 +280,27 @@ async def test_cancel_delayed_task(app: Server, rc: aioredis.Redis, marks: Marks
         with pytest.raises(TaskCanceled):
             await r.get(timeout=2)
         assert await delayed_ids(app) == []
-        await canary_after(app, rc, eta)
+        await canary_after(app, rc_text, eta)
     assert await marks.runs("canceled") == 0
 
 
-async def test_cancel_after_the_task_ran_keeps_its_result(app: Server, rc: aioredis.Redis) -> None:
+async def test_cancel_after_the_task_ran_keeps_its_result(
+    app: Server, rc_text: aioredis.Redis
+) -> None:
     """API: cancel_delayed_task "returns False if a worker had already started it". A task that
     has finished was started: the cancel must say so and must not rewrite its SUCCESS."""
     sig = Signature("stamp", args=["done-first"])
     async with running_worker(app, 5):
         r = await app.send_task(sig)
         value = await r.get(timeout=5)
-        await wait_idle(rc, app)
+        await wait_idle(rc_text, app)
     assert await app.cancel_delayed_task(sig) is False
     assert await state_of(r) is State.SUCCESS
     assert await r.get(timeout=1) == value
 
 
 async def test_cancel_of_a_running_task_that_then_retries_leaves_a_final_state(
-    app: Server, rc: aioredis.Redis, marks: Marks
+    app: Server, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     """A cancel that comes while the task runs returns False ("too late"). If the task then asks
     for a retry, the retry either runs (the cancel was too late) or is canceled -- but the task
@@ -317,7 +310,7 @@ async def test_cancel_of_a_running_task_that_then_retries_leaves_a_final_state(
         r = await app.send_task(sig)
 
         async def running() -> bool:
-            return int(await rc.hget(marks.key("attempts"), "running") or 0) >= 1
+            return int(await rc_text.hget(marks.key("attempts"), "running") or 0) >= 1
 
         await eventually(running)
         assert await app.cancel_delayed_task(sig) is False
@@ -325,11 +318,11 @@ async def test_cancel_of_a_running_task_that_then_retries_leaves_a_final_state(
             assert await r.get(timeout=5) == "running"
         except TaskCanceled:
             assert await marks.runs("running") == 0
-        await wait_idle(rc, app)
+        await wait_idle(rc_text, app)
     assert await state_of(r) in (State.SUCCESS, State.CANCELED)
 
 
-async def test_cancel_delayed_group(app: Server, rc: aioredis.Redis, marks: Marks) -> None:
+async def test_cancel_delayed_group(app: Server, rc_text: aioredis.Redis, marks: Marks) -> None:
     eta = in_ms(0.6)
     group = Group(*[Signature("stamp", args=[f"g{i}"], eta=eta) for i in range(3)])
     async with running_worker(app, 5):
@@ -338,12 +331,12 @@ async def test_cancel_delayed_group(app: Server, rc: aioredis.Redis, marks: Mark
         for r in results:
             with pytest.raises(TaskCanceled):
                 await r.get(timeout=2)
-        await canary_after(app, rc, eta)
+        await canary_after(app, rc_text, eta)
     assert [await marks.runs(f"g{i}") for i in range(3)] == [0, 0, 0]
 
 
 async def test_cancel_delayed_chain_runs_no_link(
-    app: Server, rc: aioredis.Redis, marks: Marks
+    app: Server, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     eta = in_ms(0.6)
     chain = Chain(
@@ -357,12 +350,12 @@ async def test_cancel_delayed_chain_runs_no_link(
         with pytest.raises(TaskCanceled):
             await ch.get(timeout=2)
         assert [await state_of(r) for r in ch.results] == [State.CANCELED] * 3
-        await canary_after(app, rc, eta)
+        await canary_after(app, rc_text, eta)
     assert [await marks.runs(f"c{i}") for i in range(3)] == [0, 0, 0]
 
 
 async def test_cancel_delayed_chord_runs_no_member_nor_callback(
-    app: Server, rc: aioredis.Redis, marks: Marks
+    app: Server, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     eta = in_ms(0.6)
     members = [Signature("stamp", args=[f"m{i}"], eta=eta) for i in range(2)]
@@ -375,11 +368,13 @@ async def test_cancel_delayed_chord_runs_no_member_nor_callback(
         for r in cr.group_results:
             with pytest.raises(TaskCanceled):
                 await r.get(timeout=2)
-        await canary_after(app, rc, eta)
+        await canary_after(app, rc_text, eta)
     assert [await marks.runs(t) for t in ("m0", "m1", "cb")] == [0, 0, 0]
 
 
-async def test_cancel_racing_with_promotion(app: Server, rc: aioredis.Redis, marks: Marks) -> None:
+async def test_cancel_racing_with_promotion(
+    app: Server, rc_text: aioredis.Redis, marks: Marks
+) -> None:
     """10,000 entries due at the same instant; half of them canceled from just before that
     instant on, while the scheduler promotes them and a worker runs them. A cancel that returned
     True means "never runs"; every other task runs exactly once."""
@@ -389,7 +384,7 @@ async def test_cancel_racing_with_promotion(app: Server, rc: aioredis.Redis, mar
     for start in range(0, n, 2500):
         await app.send_tasks(sigs[start : start + 2500])
     assert _wall() < eta.timestamp() - 0.3, "sending took too long for the scenario"
-    assert await rc.zcard(app.keys.queue(QUEUE).delayed) == n
+    assert await rc_text.zcard(app.keys.queue(QUEUE).delayed) == n
     to_cancel = sigs[::2]
     random.Random(20240601).shuffle(to_cancel)  # a cancel may come before or after its task ran
     flags: dict[int, bool] = {}
@@ -401,14 +396,14 @@ async def test_cancel_racing_with_promotion(app: Server, rc: aioredis.Redis, mar
             flags[int(sig.args[0])] = await app.cancel_delayed_task(sig)
 
     async def ran() -> dict[int, int]:
-        raw = await rc.hgetall(marks.key("race"))
+        raw = await rc_text.hgetall(marks.key("race"))
         return {int(k): int(v) for k, v in raw.items()}
 
     # the worker and its scheduler on a Server of their own (own pool), like another process
     async with Server(app.config) as runner:
         register(runner, marks)
         async with runner.scheduler() as sched, running_worker(runner, 100, scheduler=False):
-            await wait_redis_time(rc, ms(eta) - 20)
+            await wait_redis_time(rc_text, ms(eta) - 20)
             async with anyio.create_task_group() as tg:
                 for k in range(40):
                     tg.start_soon(cancel, to_cancel[k::40])
@@ -420,9 +415,9 @@ async def test_cancel_racing_with_promotion(app: Server, rc: aioredis.Redis, mar
 
             await eventually(live_ran, timeout=60)
             # settle: the queue idle, one more full scheduler pass, and still idle
-            await wait_idle(rc, app)
+            await wait_idle(rc_text, app)
             await wait_pass(sched, sched.passes + 1)
-            await wait_idle(rc, app)
+            await wait_idle(rc_text, app)
     runs = await ran()
     print(
         f"cancels: {len(canceled)} won, {len(to_cancel) - len(canceled)} too late (running); "
@@ -432,7 +427,9 @@ async def test_cancel_racing_with_promotion(app: Server, rc: aioredis.Redis, mar
     assert canceled, "no cancel won the race: the scenario did not race"
     ran_canceled = sorted(set(runs) & canceled)
     if ran_canceled:
-        ran_at = {int(k): float(v) for k, v in (await rc.hgetall(marks.key("race-at"))).items()}
+        ran_at = {
+            int(k): float(v) for k, v in (await rc_text.hgetall(marks.key("race-at"))).items()
+        }
         before = [i for i in ran_canceled if ran_at[i] < cancel_sent[i]]
         states = [await app.result(sigs[i].id or "").get_state() for i in ran_canceled[:20]]
         raise AssertionError(
@@ -448,14 +445,14 @@ async def test_cancel_racing_with_promotion(app: Server, rc: aioredis.Redis, mar
 
 
 async def test_scheduler_is_woken_not_polling(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     """With a 30 s poll period, a task due in 0.3 s still runs on time: the enqueue woke the
     sleeping scheduler through pub/sub."""
     async with Server(tuned(config, delayed_tasks_poll_period=30_000)) as srv:
         register(srv, marks)
         async with srv.scheduler() as sched, running_worker(srv, 5, scheduler=False):
-            await wait_listening(rc, srv)
+            await wait_listening(rc_text, srv)
             await wait_pass(sched, 0)
             sent = _wall()
             r = await srv.send_task(Signature("stamp", args=["woken"], eta=in_ms(0.3)))
@@ -464,12 +461,12 @@ async def test_scheduler_is_woken_not_polling(
 
 
 async def test_earlier_entry_wakes_a_scheduler_sleeping_for_a_later_one(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     async with Server(tuned(config, delayed_tasks_poll_period=30_000)) as srv:
         register(srv, marks)
         async with srv.scheduler() as sched, running_worker(srv, 5, scheduler=False):
-            await wait_listening(rc, srv)
+            await wait_listening(rc_text, srv)
             await wait_pass(sched, 0)
             far = Signature("stamp", args=["far"], eta=in_ms(20))
             passes = sched.passes
@@ -484,21 +481,21 @@ async def test_earlier_entry_wakes_a_scheduler_sleeping_for_a_later_one(
     assert await marks.runs("far") == 0
 
 
-async def test_delayed_scores_are_on_redis_time(app: Server, rc: aioredis.Redis) -> None:
+async def test_delayed_scores_are_on_redis_time(app: Server, rc_text: aioredis.Redis) -> None:
     r = await app.send_task(Signature("stamp", args=["clock"], eta=in_ms(10)))
-    score = await rc.zscore(app.keys.queue(QUEUE).delayed, r.task_id)
+    score = await rc_text.zscore(app.keys.queue(QUEUE).delayed, r.task_id)
     assert score is not None
-    assert abs(score - await redis_ms(rc) - 10_000) < 500
+    assert abs(score - await redis_ms(rc_text) - 10_000) < 500
     # a retry's due time is computed inside Redis, from TIME
     async with running_worker(app, 5):
         retry = await app.send_task(Signature("later_once", args=["clock-retry"]))
 
         async def retrying() -> float | None:
-            return await rc.zscore(app.keys.queue(QUEUE).delayed, retry.task_id)
+            return await rc_text.zscore(app.keys.queue(QUEUE).delayed, retry.task_id)
 
         due = await eventually(retrying)
         assert due is not None
-        ahead = due - await redis_ms(rc)
+        ahead = due - await redis_ms(rc_text)
         assert 500 < ahead <= 1000, ahead
         assert await retry.get(timeout=5) == "clock-retry"
     assert await app.cancel_delayed_task(Signature("stamp", id=r.task_id)) is True
@@ -519,7 +516,7 @@ async def test_scheduler_promotes_by_redis_clock_not_the_local_one(
 
 @pytest.mark.parametrize("task", ["fail_once", "later_once"])
 async def test_retry_backoff_goes_through_the_delayed_set(
-    app: Server, rc: aioredis.Redis, task: str
+    app: Server, rc_text: aioredis.Redis, task: str
 ) -> None:
     """A retry (failure with retry_count, or RetryTaskLater) waits in the delayed set, listed by
     get_delayed_tasks with state RETRY, then runs again."""

@@ -9,7 +9,6 @@ deadlines only.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import redis.asyncio as aioredis
 from anyio.abc import Process
 
 from tests.support.redis_procs import RedisProcess
-from tests.support.vecna import eventually, running_worker, tuned
+from tests.support.vecna import eventually, running_worker, tuned, worker_env
 from vecna_async import (
     BrokerUnavailable,
     Config,
@@ -51,27 +50,6 @@ QUEUE = "vecna_tasks"  # Config's default_queue: the queue the subprocess worker
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def worker_env(config: Config) -> dict[str, str]:
-    """The environment that makes ``delivery_app``'s ``Config.from_env()`` equal ``config``."""
-    r = config.redis
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VECNA_")}
-    env.update(
-        VECNA_BROKER=config.broker,
-        VECNA_DEFAULT_QUEUE=config.default_queue,
-        VECNA_RESULTS_EXPIRE_IN=str(config.results_expire_in),
-        VECNA_SHUTDOWN_GRACE=str(config.shutdown_grace),
-        VECNA_REDIS_KEY_PREFIX=r.key_prefix,
-        VECNA_REDIS_LEASE_TIMEOUT=str(r.lease_timeout),
-        VECNA_REDIS_HEARTBEAT_INTERVAL=str(r.heartbeat_interval),
-        VECNA_REDIS_MAX_DELIVERIES=str(r.max_deliveries),
-        VECNA_REDIS_NORMAL_TASKS_POLL_PERIOD=str(r.normal_tasks_poll_period),
-        VECNA_REDIS_DELAYED_TASKS_POLL_PERIOD=str(r.delayed_tasks_poll_period),
-    )
-    if config.result_backend:
-        env["VECNA_RESULT_BACKEND"] = config.result_backend
-    return env
 
 
 @asynccontextmanager
@@ -117,16 +95,6 @@ def marker(config: Config, name: str) -> str:
 async def counts(rc: aioredis.Redis, key: str) -> dict[int, int]:
     raw: dict[Any, Any] = await rc.hgetall(key)
     return {int(k): int(v) for k, v in raw.items()}
-
-
-@pytest.fixture
-async def rc(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client on the test Redis, for looking at keys directly."""
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def as_bytes(reply: list[Any]) -> list[bytes]:

@@ -5,7 +5,6 @@ drive the broker API to watch each step, and real workers for the end-to-end cas
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import anyio
 import msgspec
@@ -18,13 +17,6 @@ from vecna_async.connection import text
 
 pytestmark = pytest.mark.anyio
 QUEUE = "vecna_tasks"
-
-
-@pytest.fixture
-async def rc(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def echo(value: int) -> int:

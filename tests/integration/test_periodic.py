@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,8 +46,8 @@ EVERY_SECOND = "* * * * * *"
 
 
 class Marks:
-    def __init__(self, rc: aioredis.Redis, prefix: str) -> None:
-        self.rc = rc
+    def __init__(self, rc_text: aioredis.Redis, prefix: str) -> None:
+        self.rc_text = rc_text
         self.prefix = prefix
 
     def key(self, name: str) -> str:
@@ -55,7 +55,7 @@ class Marks:
 
     async def ticks(self, label: str) -> list[tuple[float, list[Any]]]:
         """(start time, extra args) of every execution of ``tick(label, ...)``, in order."""
-        raw = await self.rc.lrange(self.key(f"ticks:{label}"), 0, -1)
+        raw = await self.rc_text.lrange(self.key(f"ticks:{label}"), 0, -1)
         return [(float(t), rest) for t, rest in (json.loads(x) for x in raw)]
 
     async def times(self, label: str) -> list[float]:
@@ -63,11 +63,11 @@ class Marks:
 
 
 def register(server: Server, marks: Marks) -> None:
-    rc = marks.rc
+    rc_text = marks.rc_text
 
     async def tick(label: str, *rest: Any) -> float:
         now = time.time()
-        await rc.rpush(marks.key(f"ticks:{label}"), json.dumps([now, list(rest)]))
+        await rc_text.rpush(marks.key(f"ticks:{label}"), json.dumps([now, list(rest)]))
         return now
 
     async def add(*numbers: int) -> int:
@@ -80,17 +80,8 @@ def register(server: Server, marks: Marks) -> None:
 
 
 @pytest.fixture
-async def rc(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=1000)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def marks(rc: aioredis.Redis, config: Config) -> Marks:
-    return Marks(rc, config.redis.key_prefix)
+def marks(rc_text: aioredis.Redis, config: Config) -> Marks:
+    return Marks(rc_text, config.redis.key_prefix)
 
 
 @pytest.fixture
@@ -99,24 +90,24 @@ def app(server: Server, marks: Marks) -> Server:
     return server
 
 
-async def redis_ms(rc: aioredis.Redis) -> int:
-    seconds, micros = await rc.time()
+async def redis_ms(rc_text: aioredis.Redis) -> int:
+    seconds, micros = await rc_text.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def stored_periodic(rc: aioredis.Redis, server: Server) -> tuple[int, int]:
+async def stored_periodic(rc_text: aioredis.Redis, server: Server) -> tuple[int, int]:
     """(definitions, scheduled fire times) stored in Redis."""
-    return int(await rc.hlen(server.keys.periodic_defs)), int(
-        await rc.zcard(server.keys.periodic_next)
+    return int(await rc_text.hlen(server.keys.periodic_defs)), int(
+        await rc_text.zcard(server.keys.periodic_next)
     )
 
 
-async def wait_idle(rc: aioredis.Redis, server: Server, timeout: float = 10.0) -> None:
+async def wait_idle(rc_text: aioredis.Redis, server: Server, timeout: float = 10.0) -> None:
     q = server.keys.queue(QUEUE)
 
     async def idle() -> bool:
-        counts = [await rc.zcard(k) for k in (q.ready, q.delayed, q.leases)]
-        return not any(counts) and not await rc.scard(q.parked)
+        counts = [await rc_text.zcard(k) for k in (q.ready, q.delayed, q.leases)]
+        return not any(counts) and not await rc_text.scard(q.parked)
 
     await eventually(idle, timeout=timeout)
 
@@ -128,9 +119,9 @@ async def wait_pass(sched: Scheduler, after: int) -> None:
     await eventually(passed)
 
 
-async def wait_listening(rc: aioredis.Redis, server: Server, n: int) -> None:
+async def wait_listening(rc_text: aioredis.Redis, server: Server, n: int) -> None:
     async def subscribed() -> bool:
-        reply = await rc.pubsub_numsub(server.keys.sched_channel)
+        reply = await rc_text.pubsub_numsub(server.keys.sched_channel)
         return int(reply[0][1]) >= n
 
     await eventually(subscribed)
@@ -178,23 +169,23 @@ async def _send_kind(server: Server, kind: str) -> tuple[str, str, list[str], li
 
 @pytest.mark.parametrize("kind", ["task", "group", "chain", "chord"])
 async def test_periodic_kind_fires_then_cancel_stops_it(
-    app: Server, rc: aioredis.Redis, marks: Marks, kind: str
+    app: Server, rc_text: aioredis.Redis, marks: Marks, kind: str
 ) -> None:
     async with app.scheduler() as sched, running_worker(app, 10, scheduler=False):
         code, expected_code, labels, extra = await _send_kind(app, kind)
         assert code == expected_code
-        assert await stored_periodic(rc, app) == (1, 1)
+        assert await stored_periodic(rc_text, app) == (1, 1)
         await count_at_least(marks, labels, 2, timeout=6)
 
         assert await app.cancel_periodic_task(code) is True
-        assert await stored_periodic(rc, app) == (0, 0)
+        assert await stored_periodic(rc_text, app) == (0, 0)
         # a tick being fired during the cancel may still run: let the scheduler finish a whole
         # pass begun after the cancel and the queue drain, then count
         await wait_pass(sched, sched.passes + 1)
-        await wait_idle(rc, app)
+        await wait_idle(rc_text, app)
         before = {label: len(await marks.ticks(label)) for label in labels}
         await anyio.sleep(2.5)  # the scenario: 2 more ticks would have fired
-        await wait_idle(rc, app)
+        await wait_idle(rc_text, app)
         after = {label: len(await marks.ticks(label)) for label in labels}
     assert after == before, "a tick fired after cancel_periodic_task"
     for label in labels:
@@ -212,7 +203,7 @@ async def test_periodic_kind_fires_then_cancel_stops_it(
     ["* * *", "61 * * * *", "*/0 * * * * *", "0 6 * * xyz", "", "@every_5s", "0 0 30 2 *"],
 )
 async def test_bad_spec_raises_naming_it_and_stores_nothing(
-    app: Server, rc: aioredis.Redis, spec: str
+    app: Server, rc_text: aioredis.Redis, spec: str
 ) -> None:
     sends: dict[str, Callable[[], Awaitable[str]]] = {
         "task": lambda: app.send_periodic_task(spec, Signature("tick", args=["x"])),
@@ -227,23 +218,25 @@ async def test_bad_spec_raises_naming_it_and_stores_nothing(
             await send()
         assert isinstance(excinfo.value, InvalidCronSpec), kind
         assert repr(spec.strip()) in str(excinfo.value), kind
-    assert await stored_periodic(rc, app) == (0, 0)
+    assert await stored_periodic(rc_text, app) == (0, 0)
 
 
-async def test_time_zone_is_stored_and_used(app: Server, rc: aioredis.Redis, marks: Marks) -> None:
+async def test_time_zone_is_stored_and_used(
+    app: Server, rc_text: aioredis.Redis, marks: Marks
+) -> None:
     paris = ZoneInfo("Europe/Paris")
     sig = Signature("tick", args=["six"])
     code = await app.send_periodic_task("0 6 * * *", sig, tz="Europe/Paris")
-    stored = await rc.hget(app.keys.periodic_defs, code)
+    stored = await rc_text.hget(app.keys.periodic_defs, code)
     assert stored is not None
     definition = json.loads(stored)
     assert (definition["spec"], definition["tz"]) == ("0 6 * * *", "Europe/Paris")
     # the first fire time is the next 06:00 in Paris (not 06:00 UTC)
-    now = datetime.fromtimestamp(await redis_ms(rc) / 1000, paris)
+    now = datetime.fromtimestamp(await redis_ms(rc_text) / 1000, paris)
     six = now.replace(hour=6, minute=0, second=0, microsecond=0)
     if six <= now:
         six = (six + timedelta(days=1)).replace(hour=6)
-    assert await rc.zscore(app.keys.periodic_next, code) == six.timestamp() * 1000
+    assert await rc_text.zscore(app.keys.periodic_next, code) == six.timestamp() * 1000
     assert await app.cancel_periodic_task(code) is True
 
     every = await app.send_periodic_task(
@@ -256,14 +249,14 @@ async def test_time_zone_is_stored_and_used(app: Server, rc: aioredis.Redis, mar
     with pytest.raises(ValueError, match="Mars/Olympus_Mons") as excinfo:
         await app.send_periodic_task("0 6 * * *", sig, tz="Mars/Olympus_Mons")
     assert isinstance(excinfo.value, InvalidCronSpec)
-    assert await stored_periodic(rc, app) == (0, 0)
+    assert await stored_periodic(rc_text, app) == (0, 0)
 
 
 # -- several schedulers, restarts, downtime ------------------------------------------------------
 
 
 async def test_three_schedulers_fire_each_tick_exactly_once(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     """Three schedulers (three Servers) on one Redis, plus a worker without a scheduler; 5 s of
     ``*/1 * * * * *``: one execution per second, never two."""
@@ -276,14 +269,14 @@ async def test_three_schedulers_fire_each_tick_exactly_once(
         await stack.enter_async_context(running_worker(servers[3], 10, scheduler=False))
         for srv in servers[:3]:
             await stack.enter_async_context(srv.scheduler())
-        await wait_listening(rc, servers[0], 3)
+        await wait_listening(rc_text, servers[0], 3)
 
         code = await servers[3].send_periodic_task("*/1 * * * * *", Signature("tick", args=["x3"]))
         await count_at_least(marks, ["x3"], 1, timeout=4)
         first = int((await marks.times("x3"))[0])
         await anyio.sleep(first + 5.5 - time.time())  # the scenario: seconds first .. first+5
         assert await servers[3].cancel_periodic_task(code) is True
-        await wait_idle(rc, servers[3])
+        await wait_idle(rc_text, servers[3])
     times = await marks.times("x3")
     seconds = per_second(times)
     window = {s: n for s, n in seconds.items() if first <= s < first + 5}
@@ -294,7 +287,7 @@ async def test_three_schedulers_fire_each_tick_exactly_once(
 
 
 async def test_periodic_fires_after_restart_without_reregistration(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     async with Server(config) as first:
         code = await first.send_periodic_task(EVERY_SECOND, Signature("tick", args=["restart"]))
@@ -307,7 +300,7 @@ async def test_periodic_fires_after_restart_without_reregistration(
 
 
 async def test_missed_ticks_fire_once_not_as_a_burst(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     async with Server(config) as srv:
         register(srv, marks)
@@ -320,7 +313,7 @@ async def test_missed_ticks_fire_once_not_as_a_burst(
                 await count_at_least(marks, ["missed"], 1, timeout=3)
                 await anyio.sleep(3.0)  # the scenario: 3 s of normal ticks
                 assert await srv.cancel_periodic_task(code) is True
-            await wait_idle(rc, srv)
+            await wait_idle(rc_text, srv)
     times = await marks.times("missed")
     assert times[0] - started < 0.5, "the missed tick fires as soon as a scheduler runs"
     assert max(per_second(times).values()) == 1, f"a burst: {times}"
@@ -334,15 +327,15 @@ async def test_missed_ticks_fire_once_not_as_a_burst(
 
 
 async def test_embedded_scheduler_promotes_delayed_tasks(
-    app: Server, rc: aioredis.Redis, marks: Marks
+    app: Server, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
-    eta = datetime.fromtimestamp((await redis_ms(rc) + 300) / 1000).astimezone()
+    eta = datetime.fromtimestamp((await redis_ms(rc_text) + 300) / 1000).astimezone()
     async with running_worker(app, 5, scheduler=False):
         r = await app.send_task(Signature("tick", args=["embedded"], eta=eta))
         due_ms = round(eta.timestamp() * 1000)
 
         async def well_past_due() -> bool:
-            return await redis_ms(rc) > due_ms + 500
+            return await redis_ms(rc_text) > due_ms + 500
 
         await eventually(well_past_due)
         # no scheduler anywhere: past its ETA it is still waiting

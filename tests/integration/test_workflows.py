@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -47,8 +47,8 @@ QUEUE = "vecna_tasks"  # Config's default_queue
 class Marks:
     """Marker keys in Redis (one namespace per test, under the test's key prefix)."""
 
-    def __init__(self, rc: aioredis.Redis, prefix: str) -> None:
-        self.rc = rc
+    def __init__(self, rc_text: aioredis.Redis, prefix: str) -> None:
+        self.rc_text = rc_text
         self.prefix = prefix
 
     def key(self, name: str) -> str:
@@ -56,19 +56,19 @@ class Marks:
 
     async def runs(self, name: str) -> int:
         """How often the task (or tagged callback) ``name`` ran."""
-        return int(await self.rc.hget(self.key("runs"), name) or 0)
+        return int(await self.rc_text.hget(self.key("runs"), name) or 0)
 
     async def list(self, name: str) -> list[Any]:
-        return [json.loads(x) for x in await self.rc.lrange(self.key(name), 0, -1)]
+        return [json.loads(x) for x in await self.rc_text.lrange(self.key(name), 0, -1)]
 
 
 def register(server: Server, marks: Marks, worker_label: str = "w0") -> None:
     """Register this module's tasks on ``server``; ``worker_label`` names the server's worker."""
-    rc = marks.rc
+    rc_text = marks.rc_text
     key = marks.key
 
     async def count(name: str) -> None:
-        await rc.hincrby(key("runs"), name, 1)
+        await rc_text.hincrby(key("runs"), name, 1)
 
     async def add(*numbers: int) -> int:
         await count("add")
@@ -84,7 +84,7 @@ def register(server: Server, marks: Marks, worker_label: str = "w0") -> None:
     async def collect(*values: Any) -> list[Any]:
         """A chord callback: returns exactly the args it was called with."""
         await count("collect")
-        await rc.rpush(key("collect"), json.dumps(list(values)))
+        await rc_text.rpush(key("collect"), json.dumps(list(values)))
         return list(values)
 
     async def tagged_sum(tag: str, *values: int) -> int:
@@ -94,7 +94,7 @@ def register(server: Server, marks: Marks, worker_label: str = "w0") -> None:
 
     async def slow_value(value: int, delay: float) -> int:
         await anyio.sleep(delay)
-        await rc.rpush(key("finished"), json.dumps(value))
+        await rc_text.rpush(key("finished"), json.dumps(value))
         return value
 
     async def pair(a: int, b: int) -> tuple[int, int]:
@@ -109,7 +109,7 @@ def register(server: Server, marks: Marks, worker_label: str = "w0") -> None:
 
     async def on_error(*args: Any) -> None:
         await count("on_error")
-        await rc.rpush(key("errors"), json.dumps(list(args)))
+        await rc_text.rpush(key("errors"), json.dumps(list(args)))
 
     async def mark(name: str, *rest: Any) -> str:
         await count(name)
@@ -117,17 +117,17 @@ def register(server: Server, marks: Marks, worker_label: str = "w0") -> None:
 
     async def flaky(name: str, value: int) -> int:
         """Fails on its first attempt, succeeds on the next."""
-        attempt = await rc.hincrby(key("attempts"), name, 1)
+        attempt = await rc_text.hincrby(key("attempts"), name, 1)
         if attempt == 1:
             raise RuntimeError(f"{name}: first attempt fails")
         return value
 
     async def barrier_member(tag: str, index: int, count_: int) -> int:
         """Wait until all ``count_`` members of chord ``tag`` run, so they finish together."""
-        await rc.sadd(key(f"workers:{tag}"), worker_label)
-        await rc.incr(key(f"barrier:{tag}"))
+        await rc_text.sadd(key(f"workers:{tag}"), worker_label)
+        await rc_text.incr(key(f"barrier:{tag}"))
         deadline = time.monotonic() + 15
-        while int(await rc.get(key(f"barrier:{tag}")) or 0) < count_:
+        while int(await rc_text.get(key(f"barrier:{tag}")) or 0) < count_:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"barrier {tag}: not all {count_} members started")
             await anyio.sleep(0.002)
@@ -155,17 +155,8 @@ def register(server: Server, marks: Marks, worker_label: str = "w0") -> None:
 
 
 @pytest.fixture
-async def rc(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def marks(rc: aioredis.Redis, config: Config) -> Marks:
-    return Marks(rc, config.redis.key_prefix)
+def marks(rc_text: aioredis.Redis, config: Config) -> Marks:
+    return Marks(rc_text, config.redis.key_prefix)
 
 
 @pytest.fixture
@@ -175,22 +166,24 @@ def app(server: Server, marks: Marks) -> Server:
     return server
 
 
-async def queue_counts(rc: aioredis.Redis, server: Server, queue: str = QUEUE) -> dict[str, int]:
+async def queue_counts(
+    rc_text: aioredis.Redis, server: Server, queue: str = QUEUE
+) -> dict[str, int]:
     q = server.keys.queue(queue)
     return {
-        "ready": int(await rc.zcard(q.ready)),
-        "delayed": int(await rc.zcard(q.delayed)),
-        "leases": int(await rc.zcard(q.leases)),
-        "parked": int(await rc.scard(q.parked)),
+        "ready": int(await rc_text.zcard(q.ready)),
+        "delayed": int(await rc_text.zcard(q.delayed)),
+        "leases": int(await rc_text.zcard(q.leases)),
+        "parked": int(await rc_text.scard(q.parked)),
     }
 
 
-async def wait_idle(rc: aioredis.Redis, server: Server, timeout: float = 10.0) -> None:
+async def wait_idle(rc_text: aioredis.Redis, server: Server, timeout: float = 10.0) -> None:
     """Until nothing is ready, delayed, leased or parked: whatever was enqueued has run and been
     settled (follow-ups are enqueued in the same script call that acks their parent)."""
 
     async def idle() -> bool:
-        return not any((await queue_counts(rc, server)).values())
+        return not any((await queue_counts(rc_text, server)).values())
 
     await eventually(idle, timeout=timeout)
 
@@ -214,14 +207,16 @@ def add_sig(*numbers: int) -> Signature:
 
 @pytest.mark.parametrize("concurrency", [0, 2])
 async def test_group_results_in_order_sharing_the_group_code(
-    app: Server, rc: aioredis.Redis, concurrency: int
+    app: Server, rc_text: aioredis.Redis, concurrency: int
 ) -> None:
     sigs = [add_sig(i, i) for i in range(5)]
     group = Group(*sigs)
     results = await app.send_group(group, concurrency=concurrency)
 
     # 5 messages in round trips of `concurrency` (0: one): one enqueue request record each
-    requests = [k async for k in rc.scan_iter(match=app.keys.queue(QUEUE).request_prefix + "*")]
+    requests = [
+        k async for k in rc_text.scan_iter(match=app.keys.queue(QUEUE).request_prefix + "*")
+    ]
     assert len(requests) == (3 if concurrency == 2 else 1)
     assert [r.task_id for r in results] == [s.id for s in sigs]
     assert len({s.id for s in sigs}) == 5
@@ -290,7 +285,7 @@ async def test_chord_callback_own_typed_args_come_first(app: Server, marks: Mark
 
 
 async def test_chord_member_failing_for_good_never_runs_the_callback(
-    app: Server, rc: aioredis.Redis, marks: Marks
+    app: Server, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     failing = Signature("fail", args=["member broke"])
     chord = Chord(
@@ -307,13 +302,13 @@ async def test_chord_member_failing_for_good_never_runs_the_callback(
         assert "member broke" in message
         ok = [cr.group_results[0], cr.group_results[2]]
         assert [await r.get(timeout=5) for r in ok] == [2, 10]
-        await wait_idle(rc, app)
+        await wait_idle(rc_text, app)
     assert await marks.runs("cb-fail") == 0
     assert await state_of(cr.callback) is State.FAILURE
 
 
 async def test_chord_member_retried_once_still_fires_the_callback_once(
-    app: Server, rc: aioredis.Redis, marks: Marks
+    app: Server, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     members = [
         add_sig(1, 1),
@@ -324,13 +319,13 @@ async def test_chord_member_retried_once_still_fires_the_callback_once(
     async with running_worker(app, 10):
         cr = await app.send_chord(chord)
         assert await cr.get(timeout=15) == 2 + 10 + 7
-        await wait_idle(rc, app)
-    assert int(await rc.hget(marks.key("attempts"), "m1") or 0) == 2
+        await wait_idle(rc_text, app)
+    assert int(await rc_text.hget(marks.key("attempts"), "m1") or 0) == 2
     assert await marks.runs("cb-retry") == 1
 
 
 async def test_chord_callback_runs_exactly_once_when_members_finish_together(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     """20 members on 4 workers (4 Servers, concurrency 10) held at a Redis barrier so they finish
     at the same instant; the callback must run exactly once. 20 rounds."""
@@ -350,9 +345,9 @@ async def test_chord_callback_runs_exactly_once_when_members_finish_together(
             cr = await sender.send_chord(Chord(group, Signature("tagged_sum", args=[tag])))
             assert await cr.get(timeout=20) == sum(range(size)), tag
             # the barrier needs all 20 running at once: more than one worker ran them
-            assert await rc.scard(marks.key(f"workers:{tag}")) >= 2
-        await wait_idle(rc, sender)
-    runs = {as_text(k): int(v) for k, v in (await rc.hgetall(marks.key("runs"))).items()}
+            assert await rc_text.scard(marks.key(f"workers:{tag}")) >= 2
+        await wait_idle(rc_text, sender)
+    runs = {as_text(k): int(v) for k, v in (await rc_text.hgetall(marks.key("runs"))).items()}
     assert {k: n for k, n in runs.items() if k.startswith("round")} == {
         f"round{r}": 1 for r in range(rounds)
     }
@@ -384,7 +379,7 @@ async def _settle(server: Server, *done: Done) -> list[str]:
 
 
 async def test_chord_callback_once_when_a_worker_dies_between_member_and_callback(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     """Drive the broker by hand: the last member is claimed by W1, which "dies" before settling;
     its lease expires, W2 gets it (new token) and settles it; the same outcome is flushed twice;
@@ -399,7 +394,7 @@ async def test_chord_callback_once_when_a_worker_dies_between_member_and_callbac
         q = srv.keys.queue(QUEUE)
 
         async def callback_enqueued() -> bool:
-            return bool(await rc.exists(q.record(cb_id)))
+            return bool(await rc_text.exists(q.record(cb_id)))
 
         claimed = await broker.claim(QUEUE, 2, srv.registry.names)
         assert [c.id for c in claimed] == [s.id for s in chord.group.tasks]
@@ -418,24 +413,29 @@ async def test_chord_callback_once_when_a_worker_dies_between_member_and_callbac
         done_w2 = await _run_member(srv, last_w2)
         assert await _settle(srv, done_w2) == []
         assert await callback_enqueued()
-        assert await rc.zscore(q.ready, cb_id) is not None
+        assert await rc_text.zscore(q.ready, cb_id) is not None
         assert await state_of(cr.callback) is State.PENDING
-        body = await rc.hget(q.record(cb_id), "b")
+        body = await rc_text.hget(q.record(cb_id), "b")
         assert body is not None
         assert decode_task(as_text(body).encode()).args == ["cb", 2, 10]
 
         # the same outcome flushed again (same token): lost, changes nothing
         assert await _settle(srv, done_w2) == [last_w2.id]
-        assert await rc.zcard(q.ready) == 1
+        assert await rc_text.zcard(q.ready) == 1
 
         async with running_worker(srv, 5):
             assert await cr.get(timeout=10) == 12
-            await wait_idle(rc, srv)
+            await wait_idle(rc_text, srv)
 
         # the zombie W1 finally settles with its stale token: lost, no second callback
         assert await _settle(srv, done_w1) == [last_w1.id]
         assert not await callback_enqueued()
-        assert await queue_counts(rc, srv) == {"ready": 0, "delayed": 0, "leases": 0, "parked": 0}
+        assert await queue_counts(rc_text, srv) == {
+            "ready": 0,
+            "delayed": 0,
+            "leases": 0,
+            "parked": 0,
+        }
         assert await state_of(cr.callback) is State.SUCCESS
     assert await marks.runs("cb") == 1
 
@@ -461,7 +461,7 @@ async def _dead_letter_by_lease_expiry(srv: Server, task_id: str, delivered: int
 
 
 async def test_chord_member_dead_lettered_fails_the_chord(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     """A member whose every delivery dies (leases expire, max_deliveries reached) is
     dead-lettered with state FAILURE: it failed for good, so ChordAsyncResult.get must raise
@@ -488,7 +488,7 @@ async def test_chord_member_dead_lettered_fails_the_chord(
 
 
 async def test_chain_link_dead_lettered_stops_the_chain_with_a_failure(
-    config: Config, rc: aioredis.Redis, marks: Marks
+    config: Config, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     """The same for a chain: a dead-lettered link failed for good; ChainAsyncResult.get must
     raise TaskFailed naming it (README: "The chain stops at the first task that fails for good
@@ -552,7 +552,7 @@ async def test_chain_immutable_links(
 
 
 async def test_chain_stops_at_the_first_failure(
-    app: Server, rc: aioredis.Redis, marks: Marks
+    app: Server, rc_text: aioredis.Redis, marks: Marks
 ) -> None:
     failing = Signature("fail", args=["link broke"], on_error=[Signature("on_error", args=["ctx"])])
     chain = Chain(
@@ -580,7 +580,7 @@ async def test_chain_stops_at_the_first_failure(
 
         (err,) = await eventually(errors)
         assert err == ["RuntimeError: link broke", "ctx"]
-        await wait_idle(rc, app)
+        await wait_idle(rc_text, app)
     assert await marks.runs("fail") == 1
     assert await marks.runs("after-1") == 0
     assert await marks.runs("after-2") == 0

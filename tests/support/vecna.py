@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -49,3 +50,30 @@ def tuned(config: Config, *, shutdown_grace: float | None = None, **redis: Any) 
     return msgspec.structs.replace(
         config, shutdown_grace=grace, redis=msgspec.structs.replace(config.redis, **redis)
     )
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any ``VECNA_`` variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("VECNA_")}
+
+
+def worker_env(config: Config) -> dict[str, str]:
+    """The environment in which ``Config.from_env()`` (a worker subprocess, e.g. ``tests/apps``)
+    equals ``config``."""
+    r = config.redis
+    env = clean_env()
+    env.update(
+        VECNA_BROKER=config.broker,
+        VECNA_DEFAULT_QUEUE=config.default_queue,
+        VECNA_RESULTS_EXPIRE_IN=str(config.results_expire_in),
+        VECNA_SHUTDOWN_GRACE=str(config.shutdown_grace),
+        VECNA_REDIS_KEY_PREFIX=r.key_prefix,
+        VECNA_REDIS_LEASE_TIMEOUT=str(r.lease_timeout),
+        VECNA_REDIS_HEARTBEAT_INTERVAL=str(r.heartbeat_interval),
+        VECNA_REDIS_MAX_DELIVERIES=str(r.max_deliveries),
+        VECNA_REDIS_NORMAL_TASKS_POLL_PERIOD=str(r.normal_tasks_poll_period),
+        VECNA_REDIS_DELAYED_TASKS_POLL_PERIOD=str(r.delayed_tasks_poll_period),
+    )
+    if config.result_backend:
+        env["VECNA_RESULT_BACKEND"] = config.result_backend
+    return env
