@@ -344,6 +344,7 @@ async def _write(conn: Any, args: tuple[Any, ...]) -> None:
     if writer is None or not conn.is_connected or writer.transport.is_closing():
         await conn.send_command(*args)
         return
+    await conn.check_health()  # a PING only after max_idle_timeout unused, as redis-py does
     writer.write(_pack(args))
     if writer.transport.get_write_buffer_size():
         async with asyncio.timeout(conn.socket_timeout):

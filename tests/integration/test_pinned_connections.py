@@ -83,3 +83,29 @@ async def test_workers_recover_when_redis_drops_every_client(config: Config) -> 
             with anyio.fail_after(30):
                 values = [await r.get(timeout=30) for r in results]
     assert values == [i + 2 for i in range(50)]
+
+
+async def test_health_checked_after_idle_like_the_pool(redis_url: str) -> None:
+    """A pinned connection unused longer than ``health_check_interval`` (max_idle_timeout) is
+    PINGed before its next command, as redis-py's pool does; a busy one is not."""
+    client = aioredis.Redis.from_url(redis_url, health_check_interval=1)
+    admin = aioredis.Redis.from_url(redis_url)
+    pinned = PinnedConnection(client)
+
+    async def pings() -> int:
+        stats = await admin.info("commandstats")
+        return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+
+    try:
+        await pinned.execute("ECHO", "warm")
+        before = await pings()
+        for _ in range(20):
+            await pinned.execute("ECHO", "busy")
+        assert await pings() == before
+        await anyio.sleep(1.2)  # the idle interval under test, not a synchronisation
+        assert await pinned.execute("ECHO", "later") == b"later"
+        assert await pings() == before + 1
+    finally:
+        await pinned.close()
+        await client.aclose()
+        await admin.aclose()
