@@ -292,10 +292,8 @@ class PinnedConnection:
         self._client = client
         self._conn: Any = None
         self._busy = False
-        self.cluster = client if isinstance(client, RedisCluster) else None
-        """Set for a Redis Cluster: callers use the cluster client (it routes every command)."""
         cap = getattr(getattr(client, "connection_pool", None), "max_connections", 0) or 0
-        self._pinned = self.cluster is None and cap >= PIN_MIN_POOL
+        self._pinned = not isinstance(client, RedisCluster) and cap >= PIN_MIN_POOL
 
     async def execute(self, *args: Any) -> Any:
         if self._busy or not self._pinned:

@@ -42,19 +42,13 @@ class Script:
     async def __call__(
         self, client: AnyRedis | PinnedConnection, keys: list[str], args: list[Any]
     ) -> Any:
-        if isinstance(client, PinnedConnection) and client.cluster is not None:
-            client = client.cluster  # SCRIPT LOAD must reach every primary: the cluster client's
-        # On NOSCRIPT (a restarted or flushed Redis) EVAL sends the source: it runs and caches
-        # it in one step, so a SCRIPT FLUSH between a reload and the retry cannot fail the call.
-        if isinstance(client, PinnedConnection):
-            try:
-                return await client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                return await client.execute("EVAL", self.source, len(keys), *keys, *args)
+        run = client.execute if isinstance(client, PinnedConnection) else client.execute_command
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await run("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
+            # EVAL runs the source and caches it in one step, so a SCRIPT FLUSH between a reload
+            # and a repeated EVALSHA cannot fail the call. On a Cluster both route by the key.
+            return await run("EVAL", self.source, len(keys), *keys, *args)
 
 
 @cache
