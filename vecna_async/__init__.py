@@ -8,15 +8,19 @@ from vecna_async.backend.results import AsyncResult, ChainAsyncResult, ChordAsyn
 from vecna_async.config import Config, RedisConfig
 from vecna_async.exceptions import (
     ArgumentTypeError,
+    BrokerRefused,
     BrokerUnavailable,
     ConfigError,
     InvalidCronSpec,
+    InvalidSignature,
     MessageTooLarge,
     ResultTimeout,
+    ResultTooLarge,
     RetryTaskLater,
     TaskCanceled,
     TaskFailed,
     TaskNotRegistered,
+    UnsupportedRedis,
     VecnaError,
 )
 from vecna_async.messages import DeadLetter, State, TaskState
@@ -30,6 +34,7 @@ __all__ = [
     "Arg",
     "ArgumentTypeError",
     "AsyncResult",
+    "BrokerRefused",
     "BrokerUnavailable",
     "Chain",
     "ChainAsyncResult",
@@ -40,9 +45,11 @@ __all__ = [
     "DeadLetter",
     "Group",
     "InvalidCronSpec",
+    "InvalidSignature",
     "MessageTooLarge",
     "RedisConfig",
     "ResultTimeout",
+    "ResultTooLarge",
     "RetryTaskLater",
     "Server",
     "Signature",
@@ -52,6 +59,7 @@ __all__ = [
     "TaskHandle",
     "TaskNotRegistered",
     "TaskState",
+    "UnsupportedRedis",
     "VecnaError",
     "Worker",
 ]

@@ -53,6 +53,17 @@ class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_deliveries: int = 5
     claim_batch: int = 100
     max_message_bytes: int = 16 * 1024 * 1024
+    # A task whose encoded result is larger than this fails with ResultTooLarge instead.
+    max_result_bytes: int = 16 * 1024 * 1024
+    # Dead letters kept per queue: at most dead_letters_max (the oldest go first), none older
+    # than dead_letters_max_age seconds.
+    dead_letters_max: int = 10_000
+    dead_letters_max_age: int = 7 * 86_400
+    # Durability with replicas (Sentinel, or a replicated master): with wait_replicas > 0 every
+    # send and every settle waits (Redis WAIT) until that many replicas have it, at most
+    # wait_timeout seconds, and counts as failed otherwise. 0: Redis's asynchronous replication.
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
     # Sentinel (master_name may also come from the URL) and TLS for rediss:// URLs.
     master_name: str = ""
     sentinel_password: str = ""
@@ -72,6 +83,11 @@ class RedisConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _positive(self, "max_deliveries")
         _positive(self, "claim_batch")
         _positive(self, "max_message_bytes")
+        _positive(self, "max_result_bytes")
+        _positive(self, "dead_letters_max")
+        _positive(self, "dead_letters_max_age")
+        _positive(self, "wait_replicas", allow_zero=True)
+        _positive(self, "wait_timeout")
         _positive(self, "lease_timeout")
         _positive(self, "heartbeat_interval")
         _positive(self, "read_timeout")
@@ -94,7 +110,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     broker: a Redis URL (see the README's URL table). result_backend: None keeps states and
     results on the broker's Redis (fastest: results are written in the same script as the ack).
     results_expire_in: seconds states and results are kept. shutdown_grace: seconds a stopping
-    worker waits for running tasks before it hands their messages back.
+    worker waits for running tasks before it hands their messages back. signing_keys: secrets
+    that sign and verify every message (HMAC-SHA256); the first signs, every one verifies, so
+    keys rotate by putting the new one first; empty: messages are not signed.
     """
 
     broker: str = "redis://127.0.0.1:6379/0"
@@ -103,6 +121,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     results_expire_in: int = 3600
     shutdown_grace: float = 30.0
     lock: str = ""  # the seed's lock URL; accepted for compatibility, not used
+    signing_keys: list[str] = []
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
 
     def __post_init__(self) -> None:

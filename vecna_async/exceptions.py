@@ -8,13 +8,18 @@
     ├── NotConnected (RuntimeError)   the Server was closed and is used again
     ├── BrokerError                 the broker could not do what was asked
     │   ├── BrokerUnavailable (ConnectionError)  Redis cannot be reached / timed out
+    │   ├── BrokerRefused                        Redis answered with an error reply (OOM,
+    │   │                                        READONLY, BUSY, CLUSTERDOWN ...); names it
+    │   ├── UnsupportedRedis                     the Redis server is older than vecna needs
     │   ├── MessageTooLarge (ValueError)         an encoded message over the configured limit
-    │   └── MalformedMessage                     a stored message that cannot be decoded
+    │   ├── MalformedMessage                     a stored message that cannot be decoded
+    │   └── InvalidSignature                     a message unsigned or signed with no known key
     ├── TaskError                   something wrong with a task or its call
     │   ├── TaskNotRegistered (KeyError)         no function under that name
     │   ├── DuplicateTask (ValueError)           a name registered twice with different functions
     │   ├── ArgumentTypeError (TypeError)        an argument does not match its declared type
-    │   └── ResultEncodeError (TypeError)        a task returned a value JSON cannot carry
+    │   ├── ResultEncodeError (TypeError)        a task returned a value JSON cannot carry
+    │   └── ResultTooLarge (ValueError)          a task's encoded result is over the limit
     └── ResultError                 waiting for or reading a result failed
         ├── TaskFailed                           the task ended in FAILURE; carries its error string
         ├── TaskCanceled                         the task was canceled before it ran
@@ -62,6 +67,42 @@ class BrokerUnavailable(BrokerError, ConnectionError):
     """Redis could not be reached (refused, timed out, or the connection dropped)."""
 
 
+class BrokerRefused(BrokerError):
+    """Redis answered a command with an error reply instead of doing it.
+
+    ``reply`` is Redis's own text (``"OOM command not allowed when used memory > 'maxmemory'"``);
+    ``transient`` is True for replies that go away by themselves (out of memory, a read-only
+    replica after a failover, a busy script, a loading or migrating server, a cluster that is
+    down): workers, flushers and schedulers back off and retry those and keep what they hold.
+    """
+
+    TRANSIENT_PREFIXES = (
+        "OOM",
+        "READONLY",
+        "BUSY",
+        "LOADING",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "NOREPLICAS",
+        "NOTREADY",
+        "MOVED",
+        "ASK",
+        "UNBLOCKED",
+    )
+
+    def __init__(self, where: str, reply: str, doing: str = "") -> None:
+        what = f" {doing}" if doing else ""
+        super().__init__(f"Redis at {where} refused{what}: {reply}")
+        self.where = where
+        self.reply = reply
+        self.transient = reply.split(" ", 1)[0].upper() in self.TRANSIENT_PREFIXES
+
+
+class UnsupportedRedis(BrokerError):
+    """The Redis server is too old (vecna_async needs Redis 7.0 or newer)."""
+
+
 class MessageTooLarge(BrokerError, ValueError):
     """An encoded task message is larger than ``RedisConfig.max_message_bytes``."""
 
@@ -77,6 +118,11 @@ class MessageTooLarge(BrokerError, ValueError):
 
 class MalformedMessage(BrokerError):
     """A stored message could not be decoded; it was moved to the dead-letter list."""
+
+
+class InvalidSignature(BrokerError):
+    """A message is unsigned, or signed with none of ``Config.signing_keys``: it never runs and
+    goes to the dead letters with this reason."""
 
 
 class TaskError(VecnaError):
@@ -112,6 +158,20 @@ class ArgumentTypeError(TaskError, TypeError):
 
 class ResultEncodeError(TaskError, TypeError):
     """A task returned a value that cannot be encoded as JSON by msgspec."""
+
+
+class ResultTooLarge(TaskError, ValueError):
+    """A task returned a value whose encoded result is over ``RedisConfig.max_result_bytes``."""
+
+    def __init__(self, task_name: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"task {task_name!r} returned a result of {size} bytes encoded, over the limit of "
+            f"{limit} bytes (RedisConfig.max_result_bytes); store large data elsewhere and "
+            "return a reference"
+        )
+        self.task_name = task_name
+        self.size = size
+        self.limit = limit
 
 
 class ResultError(VecnaError):
