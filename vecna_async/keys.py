@@ -5,32 +5,40 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
 
     vecna:{q}:ready          ZSET  id -> order score (priority, then FIFO by sequence)
     vecna:{q}:delayed        ZSET  id -> due time (epoch ms): ETA tasks and retries
-    vecna:{q}:leases         ZSET  id -> lease deadline (epoch ms) of claimed messages
+    vecna:{q}:leases         ZSET  id -> lease deadline, on the queue's lease clock (ms)
+    vecna:{q}:clock          STR   the lease clock: "<Redis time ms> <lease clock ms>" at the last
+                                   claim or heartbeat (see lua/_lib.lua lease_clock)
     vecna:{q}:dead           ZSET  id -> time it was dead-lettered (epoch ms)
     vecna:{q}:dead_pending   ZSET  dead-lettered ids whose aftermath (on_error callbacks, a stopped
                                    chain, a failed chord) a worker has yet to settle -> when to
                                    offer it again
-    vecna:{q}:wake           LIST  wake-up tokens for idle workers (never needed for correctness)
-    vecna:{q}:idle           HASH  idle worker session -> "free_slots lease_ms expires_at_ms"
-    vecna:{q}:idle_order     LIST  idle worker sessions, in the order they get the next message
-    vecna:{q}:inbox:<sess>   LIST  messages handed (already leased) to an idle worker:
-                                   "deliveries id body"
+    vecna:{q}:wake           LIST  wake-up tokens for idle workers (a hint: workers also poll)
     vecna:{q}:seq            STR   enqueue sequence (FIFO order inside a priority)
     vecna:{q}:m:<id>         HASH  the message record: b=body n=name p=order score d=deliveries
-                                   o=lease owner token r=reply channels i=ignore-if-unregistered
-                                   e=dead-letter reason
+                                   o=lease token of the current delivery r=reply channels
+                                   i=ignore-if-unregistered e=dead-letter reason t=when
+                                   k=aftermath settled
     vecna:{q}:s:<id>         STR   the task's TaskState (JSON), expires after results_expire_in
     vecna:{q}:parked         SET   names of parked tasks (claimed by workers that did not know them)
     vecna:{q}:parked:<name>  ZSET  parked ids of that task name, with their order score
-    vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim call (redis-py retries)
-    vecna:{q}:x:<id>         STR   cancel tombstone: the id must never run
-    vecna:{q}:canceling      STR   exists while any tombstone of the queue may (checked once per
-                                   script call instead of once per message)
-    vecna:{q}:g:<group id>   HASH  chord member index -> its results (q: the callback's queue)
+    vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim/settle call (redis-py
+                                   and our own retries resend a call whose reply was lost)
+    vecna:{q}:tombstones     ZSET  canceled ids that must never run -> until when (epoch ms; +inf
+                                   for an id not enqueued yet: a canceled chain link or chord
+                                   callback waits for its predecessor however long that takes)
+    vecna:{q}:g:<group id>   HASH  chord member index -> its results (q: the callback's queue);
+                                   no expiry until the chord fires or fails
     vecna:{q}:g:<gid>:fired  STR   set once when the chord callback was sent (or "failed")
-    vecna:queues             SET   every queue that ever held a delayed entry (for schedulers)
+    vecna:{q}:probe:a|b      (never written) a two-key probe every script makes before writing:
+                                   it fails while the slot migrates between Cluster nodes
+    vecna:queues             ZSET  queue -> when a delayed entry was last added (for schedulers;
+                                   pruned when idle for a day)
     vecna:{periodic}:defs    HASH  code -> periodic definition
     vecna:{periodic}:next    ZSET  code -> next fire time (epoch ms)
+
+Keys of the previous release that are still read: ``vecna:{q}:x:<id>`` (a cancel tombstone) while
+``vecna:{q}:canceling`` exists (both expire within ``results_expire_in``), and a ``vecna:queues``
+SET (converted to the ZSET on first use).
 
 Channels: ``vecna:reply:<server id>`` (finished results for one Server's waiters) and
 ``vecna:sched`` (an entry was added that is earlier than the scheduler may know about).
@@ -76,22 +84,20 @@ class QueueKeys(NamedTuple):
     parked: str
     parked_prefix: str
     request_prefix: str
-    tombstone_prefix: str
+    tombstones: str
     chord_prefix: str
     dead_pending: str
-    idle: str
-    idle_order: str
-    inbox_prefix: str
-    canceling: str
+    clock: str
+    probe_a: str
+    probe_b: str
+    legacy_tombstone_prefix: str
+    legacy_canceling: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
 
     def state(self, task_id: str) -> str:
         return self.state_prefix + task_id
-
-    def tombstone(self, task_id: str) -> str:
-        return self.tombstone_prefix + task_id
 
     def chord_results(self, group_id: str) -> str:
         return self.chord_prefix + group_id
@@ -140,13 +146,14 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         parked=base + "parked",
         parked_prefix=base + "parked:",
         request_prefix=base + "req:",
-        tombstone_prefix=base + "x:",
+        tombstones=base + "tombstones",
         chord_prefix=base + "g:",
         dead_pending=base + "dead_pending",
-        idle=base + "idle",
-        idle_order=base + "idle_order",
-        inbox_prefix=base + "inbox:",
-        canceling=base + "canceling",
+        clock=base + "clock",
+        probe_a=base + "probe:a",
+        probe_b=base + "probe:b",
+        legacy_tombstone_prefix=base + "x:",
+        legacy_canceling=base + "canceling",
     )
 
 

@@ -17,17 +17,6 @@ from redis.exceptions import NoScriptError
 
 from vecna_async.connection import AnyRedis, PinnedConnection
 
-SCRIPT_NAMES = (
-    "enqueue",
-    "claim",
-    "settle",
-    "heartbeat",
-    "promote",
-    "watch",
-    "requeue_dead",
-    "cancel",
-)
-
 
 class Script:
     """One Lua script with its SHA."""

@@ -166,7 +166,7 @@ async def test_stale_owner_cannot_ack_or_renew(config: Config, rc: aioredis.Redi
         assert second.deliveries == 2
         assert second.token != first.token
 
-        assert await broker.extend_leases(QUEUE, [(first.id, first.token)]) == [first.id]
+        assert await broker.extend_leases(QUEUE, [(first.id, first.token)]) == [first.token]
         assert await broker.extend_leases(QUEUE, [(second.id, second.token)]) == []
 
         def success(value: int) -> bytes:
@@ -179,13 +179,13 @@ async def test_stale_owner_cannot_ack_or_renew(config: Config, rc: aioredis.Redi
             started=[(first.id, first.token)],
             done=[Done(first.id, first.token, success(666))],
         )
-        assert await broker.settle(stale) == [first.id, first.id]
+        assert await broker.settle(stale) == [first.token, first.token]
         for other in (
             SettleBatch(QUEUE, release=[(first.id, first.token)]),
             SettleBatch(QUEUE, dead=[(first.id, first.token, "stale", success(666))]),
             SettleBatch(QUEUE, retry=[(first.id, first.token, success(666), b"{}", 0)]),
         ):
-            assert await broker.settle(other) == [first.id]
+            assert await broker.settle(other) == [first.token]
         # nothing changed: still the second owner's, still leased, never acked
         record = await rc.hgetall(q.record(first.id))
         assert record[b"o"] == second.token.encode()
@@ -527,11 +527,14 @@ async def test_scripts_are_idempotent_under_a_resent_call(
     assert await script("enqueue")(rc, keys, [*meta, "req-2", 300, ttl, _packed(message(a))]) == 0
     assert await rc.zcard(q.ready) == 2
 
-    # (no idle session: "" and its registration ttl)
-    claim = [*meta, "token-1", "claim-req-1", 1, 60_000, 5, "1", ttl, 100, "", 0, 60, "echo"]
+    # nonce, request id, max_n, lease_ms, max_deliveries, write_states, ttl, reap_limit,
+    # resend_window, max_step_ms, dead_max, dead_max_age_ms, task names
+    claim = [*meta, "nonce-1", "claim-req-1", 1, 60_000, 5, "1", ttl, 100, 60, 1000, 100, 10**9]
+    claim.append("echo")
     first = await script("claim")(rc, keys, claim)
     assert len(first) == 5
-    claimed = first[0].decode()
+    claimed, token = first[0].decode(), first[4].decode()
+    assert token == "nonce-1.1"  # the call's nonce and the message's place: one per delivery
     lease = await rc.zscore(q.leases, claimed)
     second = await script("claim")(rc, keys, claim)
     assert as_bytes(second) == as_bytes(first)  # (the delivery count: int, then a bulk string)
@@ -540,14 +543,18 @@ async def test_scripts_are_idempotent_under_a_resent_call(
     assert await rc.hget(q.record(claimed), "d") == b"1"
     assert await rc.zcard(q.ready) == 1  # the other message was not taken by the resend
 
-    def settle(value: int) -> list[Any]:
+    def settle(value: int, request_id: str) -> list[Any]:
         state = encode(
             TaskState(task_id=claimed, state=State.SUCCESS, task_name="echo", results=[value])
         )
-        return [*meta, "1", ttl, 0, _packed(["D", claimed, "token-1", state, 0, 0, "-"])]
+        entries = _packed(["D", claimed, token, state, 0, 0, "-"])
+        return [*meta, "1", ttl, request_id, 60, 0, entries]
 
-    assert await script("settle")(rc, keys, settle(5)) == []
-    assert await script("settle")(rc, keys, settle(99)) == [claimed.encode()]
+    assert await script("settle")(rc, keys, settle(5, "settle-1")) == []
+    # the same call resent (its reply was lost): the first reply again, nothing applied twice
+    assert await script("settle")(rc, keys, settle(5, "settle-1")) == []
+    # another call for the same delivery: its lease is gone, so it is lost and changes nothing
+    assert await script("settle")(rc, keys, settle(99, "settle-2")) == [token.encode()]
     assert await server.result(claimed).get(timeout=5) == 5
     assert not await rc.exists(q.record(claimed))
     assert await rc.zcard(q.leases) == 0

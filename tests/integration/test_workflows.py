@@ -419,8 +419,8 @@ async def test_chord_callback_once_when_a_worker_dies_between_member_and_callbac
         assert body is not None
         assert decode_task(as_text(body).encode()).args == ["cb", 2, 10]
 
-        # the same outcome flushed again (same token): lost, changes nothing
-        assert await _settle(srv, done_w2) == [last_w2.id]
+        # the same outcome flushed again in another call (same token): lost, changes nothing
+        assert await _settle(srv, done_w2) == [last_w2.token]
         assert await rc_text.zcard(q.ready) == 1
 
         async with running_worker(srv, 5):
@@ -428,7 +428,7 @@ async def test_chord_callback_once_when_a_worker_dies_between_member_and_callbac
             await wait_idle(rc_text, srv)
 
         # the zombie W1 finally settles with its stale token: lost, no second callback
-        assert await _settle(srv, done_w1) == [last_w1.id]
+        assert await _settle(srv, done_w1) == [last_w1.token]
         assert not await callback_enqueued()
         assert await queue_counts(rc_text, srv) == {
             "ready": 0,

@@ -7,6 +7,7 @@ dead-letter or release). Expired leases are reaped inside ``claim`` by any live 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,11 +19,15 @@ from vecna_async.tasks.wire import Outgoing
 
 @dataclass(slots=True)
 class Claimed:
-    """A message claimed by a worker: its raw body, how often it was delivered, its lease token.
+    """One delivery of a message to a worker: its raw body, how often it was delivered, and the
+    lease token of this delivery. Tokens are unique per delivery (never reused after a retry,
+    a release or a re-claim of the same id), so a worker that got the same id twice (a stall
+    let its lease expire and it claimed it again) keeps the two apart: everything a worker
+    tracks is keyed by token.
 
     ``dead_reason`` is set instead (not None) for a dead letter whose aftermath the worker must
     settle: ``on_error`` callbacks, a stopped chain, a failed chord, and the FAILURE state on a
-    separate backend. It is not run.
+    separate backend. It is not run and has no token.
     """
 
     queue: str
@@ -93,9 +98,13 @@ class Done:
 
 @dataclass(slots=True)
 class SettleBatch:
-    """Outcomes of one queue's messages, applied in one call, each fenced by its lease token."""
+    """Outcomes of one queue's messages, applied in one call, each fenced by its lease token.
+
+    ``request_id`` makes a resent batch a no-op that answers what the first call answered: a
+    batch whose reply was lost is sent again exactly as it was (never with outcomes added)."""
 
     queue: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: list[tuple[str, str]] = field(default_factory=list)
     done: list[Done] = field(default_factory=list)
     aftermath: list[Done] = field(default_factory=list)
@@ -103,15 +112,18 @@ class SettleBatch:
     retry: list[tuple[str, str, bytes, bytes, int]] = field(default_factory=list)
     dead: list[tuple[str, str, str, bytes]] = field(default_factory=list)
     release: list[tuple[str, str]] = field(default_factory=list)
-    park: list[tuple[str, str, str]] = field(default_factory=list)
-    """(id, token, task name): handed over to a worker that does not know the task."""
 
     def __len__(self) -> int:
         parts: tuple[list[Any], ...] = (
             self.started, self.done, self.aftermath, self.retry, self.dead, self.release,
-            self.park,
         )  # fmt: skip
         return sum(len(p) for p in parts)
+
+    def tokens(self) -> list[str]:
+        """The deliveries this batch ends (each frees its worker slot once applied)."""
+        out = [d.token for d in self.done]
+        out += [e[1] for es in (self.retry, self.dead, self.release) for e in es]
+        return out
 
 
 class Broker(Protocol):
@@ -124,28 +136,19 @@ class Broker(Protocol):
         ``request_id`` within ``request_ttl`` seconds (0: as long as redis-py may still resend
         a call) is a no-op (per queue)."""
 
-    async def claim(
-        self, queue: str, max_n: int, task_names: Sequence[str], session: str = ""
-    ) -> list[Claimed]:
-        """Claim up to ``max_n`` messages of the given task names, each with a fresh lease. With
-        a ``session``, slots left free are registered so the next messages are handed to the
-        worker's inbox directly (see ``wait_for_work``)."""
+    async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
+        """Claim up to ``max_n`` messages of the given task names, each with a fresh lease."""
 
     async def settle(self, batch: SettleBatch) -> list[str]:
-        """Apply outcomes; returns the ids whose lease was lost (nothing was changed for them)."""
+        """Apply outcomes; returns the tokens whose lease was lost (nothing was changed for
+        them) and the ids of aftermath entries that were applied already."""
 
     async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
-        """Renew leases (id, token); returns the ids whose lease was lost."""
+        """Renew leases (id, token); returns the tokens whose lease was lost."""
 
-    async def wait_for_work(
-        self, queue: str, timeout: float, session: str = "", max_n: int = 1
-    ) -> list[Claimed]:
-        """Block until there may be work in ``queue`` or ``timeout`` passes (a hint only); returns
-        the messages (at most ``max_n``) handed to the session's inbox meanwhile, already
-        leased."""
-
-    async def leave(self, queue: str, session: str) -> int:
-        """End a session: drop its registration, hand back what its inbox holds."""
+    async def wait_for_work(self, queue: str, timeout: float) -> bool:
+        """Block until there may be work in ``queue`` (a wake-up, a hint only: True) or
+        ``timeout`` passes (False)."""
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:
         """Move due delayed entries of ``queue`` to ready."""
@@ -156,11 +159,16 @@ class Broker(Protocol):
     async def get_delayed_tasks(self, queue: str) -> list[Signature]:
         """The tasks waiting for their ETA or retry time in ``queue``, earliest first."""
 
-    async def get_dead_letters(self, queue: str) -> list[DeadLetter]:
-        """Messages given up on in ``queue``, oldest first, with the reason."""
+    async def get_dead_letters(
+        self, queue: str, offset: int = 0, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Messages given up on in ``queue``, oldest first, with the reason (one page)."""
+
+    async def requeue_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters (all when ``ids`` is None) back to ready; returns how many."""
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (all when ``ids`` is None) for good; returns how many."""
 
     async def cancel(self, queue: str, task_ids: Sequence[str]) -> list[bool]:
         """Cancel tasks that have not started; True per id that will never run."""
-
-    async def requeue_dead_letter(self, queue: str, task_id: str) -> bool:
-        """Put a dead-lettered message back to ready with a fresh delivery count."""

@@ -1,4 +1,9 @@
-"""The Redis broker: every queue operation is one Lua script call (see ``vecna_async/lua/``)."""
+"""The Redis broker: every queue operation is one Lua script call (see ``vecna_async/lua/``).
+
+Listings (pending, delayed, dead letters) and the known-queues set live in ``listing.py`` and
+``queues.py``; this module is the delivery path: enqueue, claim, settle, heartbeat, wake-up,
+promotion and cancel.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,6 @@ from typing import Any
 
 import msgspec
 import msgspec.msgpack
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vecna_async.backend.base import Backend, StateWrite
 from vecna_async.broker.base import (
@@ -24,30 +27,29 @@ from vecna_async.broker.base import (
     SettleBatch,
 )
 from vecna_async.broker.coalesce import Coalescer
+from vecna_async.broker.listing import Listing
+from vecna_async.broker.queues import KnownQueues
 from vecna_async.config import Config
 from vecna_async.connection import PinnedConnection, RedisClients, raw, text
-from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.keys import Keys, QueueKeys
-from vecna_async.messages import DeadLetter, State, TaskState, decode_task, encode
+from vecna_async.messages import DeadLetter, State, TaskState, encode
+from vecna_async.redis_errors import redis_errors
 from vecna_async.scripts import script
 from vecna_async.tasks.signature import Signature
-from vecna_async.tasks.wire import Outgoing, to_signature
+from vecna_async.tasks.wire import Outgoing
 
 log = logging.getLogger("vecna_async.broker")
 
 msgpack_encode = msgspec.msgpack.Encoder().encode
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-"""Errors that mean Redis cannot be reached right now (as opposed to a bug or a bad reply)."""
+DEAD_LETTER_PAGE = 500
 
 
 @asynccontextmanager
-async def unavailable_as(where: str) -> AsyncIterator[None]:
-    """Re-raise a connection failure as BrokerUnavailable that says where."""
-    try:
+async def unavailable_as(where: str, doing: str = "") -> AsyncIterator[None]:
+    """``redis_errors`` for ``async with`` callers."""
+    with redis_errors(where, doing):
         yield
-    except REDIS_DOWN as exc:
-        raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
 
 
 def _packed(fields: list[Any]) -> bytes:
@@ -100,11 +102,17 @@ class RedisBroker:
         self._flag = "1" if write_states else "0"
         self._flag_str = "1" if write_states else ""
         r = config.redis
-        # How long redis-py may still resend a call (each attempt can wait a read timeout): the
-        # life of the request ids that make a resent enqueue or claim a no-op.
-        self._resend_window = int((r.retries + 1) * (r.read_timeout + 0.5)) + 1
+        # How long redis-py (and PinnedConnection's one retry) may still resend a call, each
+        # attempt waiting up to a read timeout: the life of the request ids that make a resent
+        # enqueue, claim or settle a no-op.
+        self._resend_window = int((r.retries + 2) * (r.read_timeout + 0.5)) + 1
         self._ttl = config.results_expire_in
-        self._known_delayed_queues: set[str] = set()
+        self._lease_ms = int(r.lease_timeout * 1000)
+        # The most the queue's lease clock moves in one step (see lua/_lib.lua lease_clock):
+        # half of what a heartbeat leaves on a lease, so a live worker's leases outlast any gap.
+        self._max_step_ms = max(1, int((r.lease_timeout - r.heartbeat_interval) * 500))
+        self.queues = KnownQueues(clients.main, keys, self.where)
+        self.listing = Listing(clients.main, keys, self.where)
         self._coalescer = Coalescer(self._enqueue)
         # One connection each for the hot callers (see PinnedConnection).
         self._send_conn = PinnedConnection(clients.main)
@@ -123,8 +131,10 @@ class RedisBroker:
         for the hot paths (claim, settle, send)."""
         packed = self._keys.packed_queue(queue)
         argv = [packed, self._keys.sched_channel, *args]
-        return await script(name)(via or self._main, [self._q(queue).ready], argv)
+        with redis_errors(self.where, name):
+            return await script(name)(via or self._main, [self._q(queue).ready], argv)
 
+    # -- sending ----------------------------------------------------------------------------
     async def publish(
         self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 0
     ) -> None:
@@ -140,54 +150,45 @@ class RedisBroker:
         for m in messages:
             by_queue[m.queue].append(m)
         request_id = request_id or uuid.uuid4().hex
-        if self._store is not None:  # first: written after, it could overwrite a fast result
-            await self._store.store([StateWrite(m.queue, m.id, m.pending_state) for m in messages])
-        async with unavailable_as(self.where):
-            for queue, batch in by_queue.items():
-                fields: list[Any] = []
-                for m in batch:
-                    fields += _message_args(m, self._flag_str)
-                args = [request_id, request_ttl or self._resend_window, self._ttl, _packed(fields)]
-                await self._script("enqueue", queue, args, self._send_conn)
-                if queue not in self._known_delayed_queues and any(m.due_ms for m in batch):
-                    await self.remember_queue(queue)
+        if self._store is not None:
+            # Before the enqueue, so a fast result is never overwritten by PENDING; and only
+            # where no state is yet, so a duplicate send or a late periodic firing of a
+            # finished id never turns its SUCCESS back into PENDING.
+            await self._store.store(
+                [StateWrite(m.queue, m.id, m.pending_state, if_absent=True) for m in messages]
+            )
+        for queue, batch in by_queue.items():
+            if any(m.due_ms for m in batch):
+                await self.queues.remember(queue)
+            fields: list[Any] = []
+            for m in batch:
+                fields += _message_args(m, self._flag_str)
+            args = [request_id, request_ttl or self._resend_window, self._ttl, _packed(fields)]
+            await self._script("enqueue", queue, args, self._send_conn)
 
     async def close(self) -> None:
         """Give the pinned connections back to the pool (before the pool closes)."""
         for conn in (self._send_conn, self._claim_conn, self._settle_conn, self._wait_conn):
             await conn.close()
 
-    async def remember_queue(self, queue: str) -> None:
-        """Record that ``queue`` has a delayed set, so every scheduler looks at it."""
-        await self._main.sadd(self._keys.queues, queue)
-        self._known_delayed_queues.add(queue)
-
-    async def known_queues(self) -> set[str]:
-        members = await self._main.smembers(self._keys.queues)
-        return {text(m) for m in members}
-
-    async def claim(
-        self, queue: str, max_n: int, task_names: Sequence[str], session: str = ""
-    ) -> list[Claimed]:
+    # -- consuming --------------------------------------------------------------------------
+    async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
         r = self._config.redis
-        token = uuid.uuid4().hex[:20]
-        # an idle registration must outlive the worker's wait between two claims
-        idle_ttl = 2 * r.normal_tasks_poll_period + int(r.read_timeout * 1000)
+        nonce = uuid.uuid4().hex[:16]
         args = [
-            token, uuid.uuid4().hex, max_n, int(r.lease_timeout * 1000),
-            r.max_deliveries, self._flag, self._ttl, max(100, max_n), session, idle_ttl,
-            self._resend_window,
+            nonce, uuid.uuid4().hex, max_n, self._lease_ms, r.max_deliveries, self._flag,
+            self._ttl, max(100, max_n), self._resend_window, self._max_step_ms,
+            r.dead_letters_max, r.dead_letters_max_age * 1000,
             *task_names,
         ]  # fmt: skip
-        async with unavailable_as(self.where):
-            flat = await self._script("claim", queue, args, self._claim_conn)
+        flat = await self._script("claim", queue, args, self._claim_conn)
         out = []
         for i in range(0, len(flat), 5):
             flag = text(flat[i + 3])
             dead = flag[5:] if flag.startswith("dead:") else None
             out.append(
                 Claimed(queue, text(flat[i]), raw(flat[i + 1]), int(flat[i + 2]),
-                        text(flat[i + 4]) or token, flag == "unregistered", dead)
+                        text(flat[i + 4]), flag == "unregistered", dead)
             )  # fmt: skip
         return out
 
@@ -219,109 +220,38 @@ class RedisBroker:
             entries += ["X", task_id, token, reason, state]
         for task_id, token in batch.release:
             entries += ["L", task_id, token]
-        for task_id, token, name in batch.park:
-            entries += ["P", task_id, token, name]
-        other_args: list[Any] = []
-        for name in others:  # insertion order matches the indexes handed out above
-            other_args.append(self._keys.packed_queue(name))
+        for name in others:
+            if any(m.due_ms for d in batch.done for m in d.follow_ups if m.queue == name):
+                await self.queues.remember(name)
+        other_args = [self._keys.packed_queue(name) for name in others]  # in qi() order
         args = [
-            self._flag, self._ttl, len(others), *other_args,
-            _packed(entries),
+            self._flag, self._ttl, batch.request_id, self._resend_window, len(others),
+            *other_args, _packed(entries),
         ]  # fmt: skip
-        async with unavailable_as(self.where):
-            lost = await self._script("settle", batch.queue, args, self._settle_conn)
-            for name in others:
-                if name not in self._known_delayed_queues:
-                    await self.remember_queue(name)
+        lost = await self._script("settle", batch.queue, args, self._settle_conn)
         return [text(x) for x in lost]
 
     async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
-        args: list[Any] = [int(self._config.redis.lease_timeout * 1000)]
+        args: list[Any] = [self._lease_ms, self._max_step_ms]
         for task_id, token in leases:
             args += [task_id, token]
-        async with unavailable_as(self.where):
-            lost = await self._script("heartbeat", queue, args)
+        lost = await self._script("heartbeat", queue, args)
         return [text(x) for x in lost]
 
-    async def wait_for_work(
-        self, queue: str, timeout: float, session: str = "", max_n: int = 1
-    ) -> list[Claimed]:
-        q = self._q(queue)
-        inbox = q.inbox_prefix + session
-        keys = [inbox, q.wake] if session else [q.wake]  # the inbox first: BLMPOP reads in order
-        async with unavailable_as(self.where):
-            popped: Any = await self._wait_conn.execute(
-                "BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", max(1, max_n)
-            )
-        if not popped or text(popped[0]) != inbox:
-            return []
-        handed = []
-        for entry in popped[1]:
-            d, task_id, body = raw(entry).split(b" ", 2)
-            token = f"{session}/{int(d)}"
-            handed.append(Claimed(queue, task_id.decode(), body, int(d), token, False))
-        return handed
-
-    async def leave(self, queue: str, session: str) -> int:
-        """Drop an idle registration; what its inbox holds goes back to ready, unrun."""
-        async with unavailable_as(self.where):
-            back = await self._script("leave", queue, [session])
-        return int(back)
+    async def wait_for_work(self, queue: str, timeout: float) -> bool:
+        with redis_errors(self.where, "waiting for work"):
+            popped = await self._wait_conn.execute("BLPOP", self._q(queue).wake, timeout)
+        return popped is not None
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:
-        async with unavailable_as(self.where):
-            args = [limit, self._flag, self._ttl]
-            moved, now, nxt = await self._script("promote", queue, args)
+        moved, now, nxt = await self._script("promote", queue, [limit, self._flag, self._ttl])
         return Promoted(int(moved), int(now), int(nxt))
 
-    async def get_pending_tasks(self, queue: str) -> list[Signature]:
-        q = self._q(queue)
-        async with unavailable_as(self.where):
-            ids: list[Any] = list(await self._main.zrange(q.ready, 0, -1))
-            for name in await self._main.smembers(q.parked):
-                ids += await self._main.zrange(q.parked_prefix + text(name), 0, -1)
-            return await self._signatures(q, [text(i) for i in ids])
-
-    async def get_delayed_tasks(self, queue: str) -> list[Signature]:
-        q = self._q(queue)
-        async with unavailable_as(self.where):
-            ids = await self._main.zrange(q.delayed, 0, -1)
-            return await self._signatures(q, [text(i) for i in ids])
-
-    async def _signatures(self, q: QueueKeys, ids: list[str]) -> list[Signature]:
-        out: list[Signature] = []
-        for task_id in ids:
-            body = await self._main.hget(q.record(task_id), "b")
-            if body is None:
-                continue
-            try:
-                out.append(to_signature(decode_task(raw(body))))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("pending message %s cannot be decoded (%s); not listed", task_id, exc)
-        return out
-
-    async def get_dead_letters(self, queue: str) -> list[DeadLetter]:
-        q = self._q(queue)
-        async with unavailable_as(self.where):
-            entries: list[Any] = await self._main.zrange(q.dead, 0, -1, withscores=True)
-            out = []
-            for member, score in entries:
-                task_id = text(member)
-                fields: list[Any] = await self._main.hmget(q.record(task_id), ["b", "e", "d"])
-                body, reason, d = fields
-                out.append(
-                    DeadLetter(
-                        task_id, text(reason or b""), int(d or 0), raw(body or b""), int(score)
-                    )
-                )
-            return out
-
+    # -- canceling and dead letters ---------------------------------------------------------
     async def cancel(self, queue: str, task_ids: Sequence[str]) -> list[bool]:
         if self._store is not None:
             return await self._cancel_with_store(queue, task_ids, self._store)
-        args = [self._flag, self._ttl, *task_ids]
-        async with unavailable_as(self.where):
-            flags = await self._script("cancel", queue, args)
+        flags = await self._script("cancel", queue, [self._flag, self._ttl, *task_ids])
         return [bool(f) for f in flags]
 
     async def _cancel_with_store(
@@ -330,9 +260,7 @@ class RedisBroker:
         """Cancel with states on another Redis: a finished task (seen there) is left alone."""
         states = {i: await store.get_state(queue, i) for i in task_ids}
         open_ids = [i for i, st in states.items() if not (st and st.is_completed())]
-        args = [self._flag, self._ttl, *open_ids]
-        async with unavailable_as(self.where):
-            reply = await self._script("cancel", queue, args)
+        reply = await self._script("cancel", queue, [self._flag, self._ttl, *open_ids])
         flags = dict(zip(open_ids, reply, strict=True))
         writes = []
         for i in open_ids:
@@ -344,10 +272,53 @@ class RedisBroker:
         await store.store(writes)
         return [bool(flags.get(i)) for i in task_ids]
 
+    async def get_pending_tasks(self, queue: str) -> list[Signature]:
+        return await self.listing.pending(queue)
+
+    async def get_delayed_tasks(self, queue: str) -> list[Signature]:
+        return await self.listing.delayed(queue)
+
+    async def get_dead_letters(
+        self, queue: str, offset: int = 0, limit: int = 100
+    ) -> list[DeadLetter]:
+        return await self.listing.dead_letters(queue, offset, limit)
+
+    async def requeue_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        back = await self._each_dead_page(queue, ids, "requeue_dead", [self._flag])
+        if back and self._store is not None:  # their FAILURE there is no longer true
+            await self._store.store(
+                [
+                    StateWrite(queue, i, encode(TaskState(task_id=i, state=State.PENDING)))
+                    for i in back
+                ]
+            )
+        return len(back)
+
     async def requeue_dead_letter(self, queue: str, task_id: str) -> bool:
-        async with unavailable_as(self.where):
-            back = bool(await self._script("requeue_dead", queue, [task_id, self._flag]))
-        if back and self._store is not None:  # its FAILURE there is no longer true
-            pending = encode(TaskState(task_id=task_id, state=State.PENDING))
-            await self._store.store([StateWrite(queue, task_id, pending)])
-        return back
+        """Put one dead letter back to ready; False if it is not (or no longer) one."""
+        return await self.requeue_dead_letters(queue, [task_id]) == 1
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        return len(await self._each_dead_page(queue, ids, "purge_dead", []))
+
+    async def _each_dead_page(
+        self, queue: str, ids: Sequence[str] | None, name: str, args: list[Any]
+    ) -> list[str]:
+        """Run a dead-letter script over ``ids``, or over every dead letter page by page (so a
+        large dead set is never loaded at once); returns the ids it acted on."""
+        done: list[str] = []
+        if ids is not None:
+            for start in range(0, len(ids), DEAD_LETTER_PAGE):
+                page = list(ids[start : start + DEAD_LETTER_PAGE])
+                done += await self._dead_page(queue, name, args, page)
+            return done
+        while page := await self.listing.dead_ids(queue, DEAD_LETTER_PAGE):
+            acted = await self._dead_page(queue, name, args, page)
+            if not acted:  # nothing more it can act on (e.g. raced with another purge)
+                break
+            done += acted
+        return done
+
+    async def _dead_page(self, queue: str, name: str, args: list[Any], ids: list[str]) -> list[str]:
+        reply = await self._script(name, queue, [*args, *ids])
+        return [text(x) for x in reply]

@@ -1,7 +1,8 @@
 -- Shared helpers; vecna_async.scripts prepends this file to every script.
 -- Key names come from vecna_async/keys.py, packed per queue (see queue_from) in ARGV[1] and,
--- for other queues a script touches, in later arguments. Ids, queue and task names are restricted to JSON-safe characters
--- (keys.check_name), which is what lets state_json() below build JSON by concatenation.
+-- for other queues a script touches, in later arguments. Ids, queue and task names are restricted
+-- to JSON-safe characters (keys.check_name), which is what lets state_json() below build JSON by
+-- concatenation.
 
 local PRIORITY_WEIGHT = 1099511627776 -- 2^40: one priority step outweighs any FIFO sequence number
 
@@ -10,8 +11,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A queue's keys and name, from one msgpack array (keys.QueueKeys.packed: the keys in QueueKeys
--- order, then the queue's name). One argument instead of 17 saves redis-py packing them per call;
+-- A queue's keys and name, from one msgpack array (keys.QueueKeys: the keys in QueueKeys
+-- order, then the queue's name). One argument instead of 19 saves redis-py packing them per call;
 -- KEYS carries just one of them, so Redis Cluster routes the call to the queue's slot.
 local function queue_from(packed)
   local list = cmsgpack.unpack(packed)
@@ -19,20 +20,75 @@ local function queue_from(packed)
     ready = list[1], delayed = list[2], leases = list[3], dead = list[4],
     wake = list[5], seq = list[6], record = list[7], state = list[8],
     parked = list[9], parked_prefix = list[10], request = list[11],
-    tombstone = list[12], chord = list[13], dead_pending = list[14],
-    idle = list[15], idle_order = list[16], inbox = list[17], canceling = list[18],
-    name = list[19],
+    tombstones = list[12], chord = list[13], dead_pending = list[14],
+    clock = list[15], probe_a = list[16], probe_b = list[17],
+    legacy_tombstone = list[18], legacy_canceling = list[19],
+    name = list[20],
   }
 end
 
--- Per script call: whether the queue has live tombstones (checked once), whether the idle list
--- ran dry and whether a wake-up token was pushed (both stay true for the rest of the call).
+-- Before its first write, every script makes sure the queue's slot is not moving between Redis
+-- Cluster nodes. Scripts read keys they only learn of as they go (the ids popped from a set),
+-- and a key already migrated would fail the call halfway through, after some writes. A
+-- two-key read of keys that never exist fails on both nodes while the slot migrates (the source
+-- answers ASK, the target TRYAGAIN), so the call answers TRYAGAIN having changed nothing, and
+-- the client retries it once the slot has settled. Outside a Cluster it is one cheap read.
+local function assert_slot_stable(a, b)
+  local probe = redis.pcall('EXISTS', a, b)
+  if type(probe) == 'table' and probe.err then
+    error(redis.error_reply('TRYAGAIN the slot of ' .. a .. ' is migrating; nothing was changed'))
+  end
+end
+
+local function queue_ready(packed)
+  local q = queue_from(packed)
+  assert_slot_stable(q.probe_a, q.probe_b)
+  return q
+end
+
+-- The queue's lease clock (ms): Redis's time, except that a jump since the last claim or
+-- heartbeat counts as at most max_step. A Redis that was stopped, hung or restarted, or a new
+-- master whose clock runs ahead, would otherwise make every lease look expired at once though
+-- their workers are alive and heartbeating again: their leases keep the time they had left,
+-- less max_step (callers make max_step shorter than what a heartbeat leaves on a lease). While
+-- workers are calling, the clock runs with Redis's; a clock set back does not move it back.
+local function lease_clock(q, real, max_step)
+  local stored = redis.call('GET', q.clock)
+  local lease = real
+  if stored then
+    local last_real, last_lease = string.match(stored, '^(%d+) (%d+)$')
+    local step = real - tonumber(last_real)
+    if step < 0 then
+      step = 0
+    elseif step > max_step then
+      step = max_step
+    end
+    lease = tonumber(last_lease) + step
+  end
+  redis.call('SET', q.clock, real .. ' ' .. lease)
+  return lease
+end
+
+-- Per script call: whether the queue has tombstones at all (checked once, so the hot path pays
+-- nothing per message), and whether a wake-up token was pushed (true for the rest of the call).
 local function call_context(q)
-  return { tombs = redis.call('EXISTS', q.canceling) == 1, no_idle = false, woken = false }
+  return {
+    tombs = redis.call('ZCARD', q.tombstones) > 0,
+    legacy = redis.call('EXISTS', q.legacy_canceling) == 1,
+    woken = false,
+  }
 end
 
 local function canceled(q, ctx, id)
-  return ctx.tombs and redis.call('EXISTS', q.tombstone .. id) == 1
+  return (ctx.tombs and redis.call('ZSCORE', q.tombstones, id))
+    or (ctx.legacy and redis.call('EXISTS', q.legacy_tombstone .. id) == 1)
+end
+
+-- A tombstone that waited for its id to be enqueued (+inf) now lives only as long as results do:
+-- the id was met (enqueued and canceled), or can no longer come (its chain stopped, its chord
+-- failed, its predecessor was canceled). XX: only where one exists.
+local function settle_tombstone(q, id, now, ttl)
+  redis.call('ZADD', q.tombstones, 'XX', 'LT', now + ttl * 1000, id)
 end
 
 -- One wake-up token for an idle worker (BLPOP). Only ever a hint: workers also poll.
@@ -78,24 +134,24 @@ local function publish_replies(pubs)
   end
 end
 
-local function is_final(state)
-  return string.find(state, '"state":"SUCCESS"', 1, true)
-    or string.find(state, '"state":"FAILURE"', 1, true)
-    or string.find(state, '"state":"CANCELED"', 1, true)
+local function state_name(state)
+  return state and string.match(state, '"state":"(%u+)"')
 end
+
+local FINAL = { SUCCESS = true, FAILURE = true, CANCELED = true }
 
 -- A task's state. Final states (and STARTED, RETRY) are stored; PENDING and RECEIVED are what its
 -- message record says (waiting, or leased to a worker), so the hot path writes neither.
 local function current_state(q, id)
   local stored = redis.call('GET', q.state .. id)
-  if stored and is_final(stored) then
+  local kind = state_name(stored)
+  if FINAL[kind] then
     return stored
   end
   local r = redis.call('HMGET', q.record .. id, 'n', 'o')
   if not r[1] then
     return stored
   end
-  local kind = stored and string.match(stored, '"state":"(%u+)"')
   if r[2] then
     return kind == 'STARTED' and stored or state_json(id, 'RECEIVED', r[1])
   end
@@ -108,52 +164,10 @@ local function store_state(q, pubs, id, state, reply, ttl)
   note_reply(pubs, reply, id, state)
 end
 
--- Hand a ready message straight to an idle worker (registered by claim.lua when it ran dry),
--- already leased to it, through the worker's inbox list it is blocked on: one round trip to the
--- worker instead of a wake-up and then a claim. A registration whose worker stopped refreshing it
--- is dropped. Returns true if handed over.
-local function hand_to_idle(q, ctx, now, id, body)
-  if ctx.no_idle then
-    return false
-  end
-  for _ = 1, 4 do
-    local session = redis.call('LPOP', q.idle_order)
-    if not session then
-      ctx.no_idle = true
-      return false
-    end
-    local v = redis.call('HGET', q.idle, session)
-    if v then
-      local slots, ms, expires = string.match(v, '^(%d+) (%d+) (%d+)$')
-      slots, ms = tonumber(slots), tonumber(ms)
-      if now <= tonumber(expires) and slots > 0 then
-        local rk = q.record .. id
-        local d = redis.call('HINCRBY', rk, 'd', 1)
-        redis.call('HSET', rk, 'o', session .. '/' .. d) -- a fresh lease token per delivery
-        redis.call('ZADD', q.leases, now + ms, id)
-        local inbox = q.inbox .. session
-        redis.call('RPUSH', inbox, d .. ' ' .. id .. ' ' .. body)
-        redis.call('PEXPIRE', inbox, ms)
-        if slots > 1 then
-          redis.call('HSET', q.idle, session, (slots - 1) .. ' ' .. ms .. ' ' .. expires)
-          redis.call('RPUSH', q.idle_order, session)
-        else
-          redis.call('HDEL', q.idle, session)
-        end
-        return true
-      end
-      redis.call('HDEL', q.idle, session)
-    end
-  end
-  return false
-end
-
--- A message is ready: to an idle worker if one waits, else into the ready set with a wake-up.
-local function make_ready(q, ctx, now, id, score, body)
-  if not hand_to_idle(q, ctx, now, id, body) then
-    redis.call('ZADD', q.ready, score, id)
-    wake(q, ctx)
-  end
+-- A message is ready: into the ready set, with a wake-up for an idle worker.
+local function make_ready(q, ctx, id, score)
+  redis.call('ZADD', q.ready, score, id)
+  wake(q, ctx)
 end
 
 -- Enqueue one message unless its id is queued already (a resend of the same id is a no-op).
@@ -169,6 +183,7 @@ local function enqueue(q, ctx, now, id, name, body, priority, due, ignore, reply
     if write ~= '' then
       redis.call('SET', q.state .. id, state_json(id, 'CANCELED', name), 'EX', ttl)
     end
+    settle_tombstone(q, id, now, ttl)
     return 0
   end
   local score = (seq or redis.call('INCR', q.seq)) - tonumber(priority) * PRIORITY_WEIGHT
@@ -182,7 +197,7 @@ local function enqueue(q, ctx, now, id, name, body, priority, due, ignore, reply
     end
     return 2
   end
-  make_ready(q, ctx, now, id, score, body)
+  make_ready(q, ctx, id, score)
   return 1
 end
 
@@ -207,9 +222,10 @@ local function dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
   end
 end
 
--- Leases past their deadline go back to ready, or to the dead set after max_deliveries.
-local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_states)
-  local expired = redis.call('ZRANGEBYSCORE', q.leases, '-inf', now, 'LIMIT', 0, limit)
+-- Leases past their deadline (on the lease clock) go back to ready, or to the dead set after
+-- max_deliveries. `now` is Redis's time, for the dead set.
+local function reap_expired(q, now, lease_now, limit, max_deliveries, ttl, pubs, write_states)
+  local expired = redis.call('ZRANGEBYSCORE', q.leases, '-inf', lease_now, 'LIMIT', 0, limit)
   for _, id in ipairs(expired) do
     redis.call('ZREM', q.leases, id)
     local rk = q.record .. id
@@ -229,5 +245,20 @@ local function reap_expired(q, now, limit, max_deliveries, ttl, pubs, write_stat
   end
   if #expired > 0 then
     wake(q)
+  end
+end
+
+-- A call's request id (redis-py, or our own one retry, may resend a call whose reply was lost):
+-- the reply of the first run, or nil. remember_reply stores it (a string) for `window` seconds.
+local function previous_reply(q, request_id)
+  if request_id == '' then
+    return nil
+  end
+  return redis.call('GET', q.request .. request_id)
+end
+
+local function remember_reply(q, request_id, reply, window)
+  if request_id ~= '' then
+    redis.call('SET', q.request .. request_id, reply, 'EX', window)
   end
 end

@@ -1,70 +1,54 @@
--- Claim up to max_n ready messages for one worker, each with a lease (deadline + owner token).
--- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, token, request_id, max_n, lease_ms,
---   max_deliveries, write_states (0/1), state_ttl, reap_limit, session, idle_ttl_ms,
---   resend_window (s: how long this call's request id is remembered), then the task names.
+-- Claim up to max_n ready messages for one worker, each with a lease (deadline + a token of its
+-- own: this call's nonce and the message's place in the reply, so no two deliveries ever share a
+-- token, whatever retries, releases or re-claims of the same id come between).
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, nonce,
+--   request_id, max_n, lease_ms, max_deliveries, write_states (0/1), state_ttl, reap_limit,
+--   resend_window (s: how long this call's reply is remembered), max_step_ms (lease clock),
+--   dead_max, dead_max_age_ms, then the task names.
 -- Returns a flat list: id, body, deliveries, flag, token per message: flag '' (claimed),
 -- 'unregistered' (claimed to fail it), or 'dead:<reason>' (a dead letter whose aftermath is to be
--- settled); token '' means this call's token.
+-- settled; its token is '').
 -- Messages of names this worker does not know are parked for a worker that knows them, unless
 -- they ask to fail when unregistered. Expired leases are reaped first, so any live worker
--- redelivers the messages of a dead one. With a session, the worker is idle-registered while it
--- claims nothing: it takes back what was handed to its inbox meanwhile, and if this claim leaves
--- slots free it registers them, so enqueue hands it the next messages directly (see hand_to_idle).
-local q = queue_from(ARGV[1])
-local token, request_id = ARGV[3], ARGV[4]
+-- redelivers the messages of a dead one.
+local q = queue_ready(ARGV[1])
+local nonce, request_id = ARGV[3], ARGV[4]
 local max_n, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_deliveries, write_states = tonumber(ARGV[7]), ARGV[8] == '1'
 local ttl, reap_limit = tonumber(ARGV[9]), tonumber(ARGV[10])
-local session, idle_ttl, resend_window = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
+local resend_window, max_step = tonumber(ARGV[11]), tonumber(ARGV[12])
+local dead_max, dead_max_age = tonumber(ARGV[13]), tonumber(ARGV[14])
 local known = {}
-for i = 14, #ARGV do
+for i = 15, #ARGV do
   known[ARGV[i]] = true
 end
 local out = {}
-local req = q.request .. request_id
 
 local function flag(name)
   return known[name] and '' or 'unregistered'
 end
 
 -- A resent call returns what the first one claimed and still holds.
-local previous = redis.call('GET', req)
+local previous = previous_reply(q, request_id)
 if previous then
-  for id in string.gmatch(previous, '%S+') do
+  for id, token in string.gmatch(previous, '(%S+) (%S+)') do
     local r = redis.call('HMGET', q.record .. id, 'o', 'b', 'd', 'n')
     if r[1] == token then
       out[#out + 1] = id
       out[#out + 1] = r[2]
       out[#out + 1] = r[3]
       out[#out + 1] = flag(r[4])
-      out[#out + 1] = ''
+      out[#out + 1] = token
     end
   end
   return out
 end
 
 local now = now_ms()
+local lease_now = lease_clock(q, now, max_step)
 local pubs = {}
-local taken = 0 -- messages this call returns that use up slots
-if session ~= '' then
-  redis.call('HDEL', q.idle, session)
-  redis.call('LREM', q.idle_order, 0, session)
-  local inbox = q.inbox .. session
-  for _, entry in ipairs(redis.call('LRANGE', inbox, 0, -1)) do
-    local d, id, body = string.match(entry, '^(%d+) (%S+) (.*)$')
-    local lease_token = session .. '/' .. d
-    if redis.call('HGET', q.record .. id, 'o') == lease_token then
-      out[#out + 1] = id
-      out[#out + 1] = body
-      out[#out + 1] = d
-      out[#out + 1] = ''
-      out[#out + 1] = lease_token
-      taken = taken + 1
-    end
-  end
-  redis.call('DEL', inbox)
-end
-reap_expired(q, now, reap_limit, max_deliveries, ttl, pubs, write_states)
+reap_expired(q, now, lease_now, reap_limit, max_deliveries, ttl, pubs, write_states)
+
 -- Dead letters whose aftermath (on_error callbacks, a stopped chain, a failed chord; the FAILURE
 -- state on a separate backend) no worker has settled yet: offered again after a lease period if
 -- the worker that took them dies first; the settle applies each once.
@@ -80,6 +64,22 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.dead_pending, '-inf', now, 'LI
   else
     redis.call('ZREM', q.dead_pending, id)
   end
+end
+
+-- Dead-letter retention: the oldest beyond dead_max, and any older than dead_max_age, go (not
+-- those whose aftermath is still to be settled). At most 100 per call: the work stays bounded.
+local function drop_dead(ids)
+  for _, id in ipairs(ids) do
+    if not redis.call('ZSCORE', q.dead_pending, id) then
+      redis.call('ZREM', q.dead, id)
+      redis.call('DEL', q.record .. id)
+    end
+  end
+end
+drop_dead(redis.call('ZRANGEBYSCORE', q.dead, '-inf', now - dead_max_age, 'LIMIT', 0, 100))
+local excess = redis.call('ZCARD', q.dead) - dead_max
+if excess > 0 then
+  drop_dead(redis.call('ZRANGE', q.dead, 0, math.min(excess, 100) - 1))
 end
 
 if redis.call('SCARD', q.parked) > 0 then
@@ -99,13 +99,13 @@ if redis.call('SCARD', q.parked) > 0 then
 end
 
 local ctx = call_context(q)
-local claimed = {}
+local claimed = {} -- "id token" pairs, remembered for a resent call
 local leases = {} -- deadline, id pairs: one ZADD for the whole batch
-local deadline = now + lease_ms
+local deadline = lease_now + lease_ms
 local rounds = 0
-while taken + #claimed < max_n and rounds < 8 do
+while #leases / 2 < max_n and rounds < 8 do
   rounds = rounds + 1
-  local popped = redis.call('ZPOPMIN', q.ready, max_n - taken - #claimed)
+  local popped = redis.call('ZPOPMIN', q.ready, max_n - #leases / 2)
   if #popped == 0 then
     break
   end
@@ -120,18 +120,20 @@ while taken + #claimed < max_n and rounds < 8 do
       if write_states then
         store_state(q, pubs, id, state_json(id, 'CANCELED', name), r[4], ttl)
       end
+      settle_tombstone(q, id, now, ttl)
     elseif name then
       if known[name] or r[3] == '1' then
         local d = tonumber(r[5] or 0) + 1
+        local token = nonce .. '.' .. (#leases / 2 + 1)
         redis.call('HSET', rk, 'd', d, 'o', token)
         leases[#leases + 1] = deadline
         leases[#leases + 1] = id
-        claimed[#claimed + 1] = id
+        claimed[#claimed + 1] = id .. ' ' .. token
         out[#out + 1] = id
         out[#out + 1] = r[2]
         out[#out + 1] = d
         out[#out + 1] = flag(name)
-        out[#out + 1] = ''
+        out[#out + 1] = token
       else
         redis.call('ZADD', q.parked_prefix .. name, score, id)
         redis.call('SADD', q.parked, name)
@@ -139,16 +141,12 @@ while taken + #claimed < max_n and rounds < 8 do
     end
   end
 end
-if #claimed > 0 then
+if #leases > 0 then
   redis.call('ZADD', q.leases, unpack(leases))
-  redis.call('SET', req, table.concat(claimed, ' '), 'EX', resend_window)
+  remember_reply(q, request_id, table.concat(claimed, ' '), resend_window)
 end
 if redis.call('ZCARD', q.ready) > 0 then
-  wake(q) -- more work than this worker took: let the next idle one know
-elseif session ~= '' and taken + #claimed < max_n then
-  redis.call('HSET', q.idle, session,
-    (max_n - taken - #claimed) .. ' ' .. lease_ms .. ' ' .. (now + idle_ttl))
-  redis.call('RPUSH', q.idle_order, session)
+  wake(q, ctx) -- more work than this worker took: let the next idle one know
 end
 publish_replies(pubs)
 return out

@@ -4,7 +4,7 @@
 --   due_ms (0 = now), ignore (0/1), reply, pending_state
 -- The request id makes a resent call (redis-py retries after a timeout, or another scheduler
 -- firing the same periodic tick) a no-op.
-local q = queue_from(ARGV[1])
+local q = queue_ready(ARGV[1])
 if not redis.call('SET', q.request .. ARGV[3], '1', 'NX', 'EX', tonumber(ARGV[4])) then
   return -1
 end

@@ -1,7 +1,9 @@
--- Apply a batch of outcomes from one worker, each fenced by the lease token: an entry whose token
--- no longer owns the message (its lease expired and another worker took it, or it was settled
--- already) changes nothing and its id is returned as lost.
--- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, write_states (0/1), state_ttl, n_other,
+-- Apply a batch of outcomes from one worker, each fenced by its delivery's lease token: an entry
+-- whose token no longer owns the message (its lease expired and another worker took it) changes
+-- nothing and its token is returned as lost (an aftermath entry returns its id). A resent call
+-- (same request id) returns the first call's reply and changes nothing.
+-- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel,
+--   write_states (0/1), state_ttl, request_id, resend_window, n_other,
 --   then n_other packed queues (as ARGV[1]) that follow-ups go to, then the
 --   entries as one msgpack-encoded flat array (binary values as msgpack str):
 --   S id token                   started: state STARTED
@@ -11,8 +13,6 @@
 --   R id token state body delay  retry: new body, back to the delayed set (ready if delay 0)
 --   X id token reason state      dead-letter with a reason
 --   L id token                   release: back to ready (graceful shutdown), not a delivery
---   P id token name              park: for a worker that knows the task (one that did not know
---                                it had it handed over while idle)
 -- AFTER = n_follow [follow-up x 9] n_extra [extra x 4] chord_kind [chord fields]:
 --   follow-ups to enqueue: queue_index (0 = this queue) id name body priority due ignore reply
 --     pending_state
@@ -21,15 +21,25 @@
 --     results cb_queue_index cb_id cb_name cb_body_prefix cb_body_suffix cb_priority cb_due
 --     cb_ignore cb_reply cb_pending_state -- the last member to succeed sends the callback, exactly
 --     once (the fired key), with every member's results spliced into its args in group order;
+--     the members' results live until then (no expiry: members may finish days apart);
 --     'F' a member failed for good (5 fields): fired_key cb_queue_index cb_id cb_failure_state
 --     cb_reply -- the callback will never be sent and its state says why
-local q = queue_from(ARGV[1])
+local q = queue_ready(ARGV[1])
 local queue, sched_channel = q.name, ARGV[2]
 local write_states, ttl = ARGV[3] == '1', tonumber(ARGV[4])
+local request_id, resend_window = ARGV[5], tonumber(ARGV[6])
+local previous = previous_reply(q, request_id)
+if previous then
+  local lost = {}
+  for token in string.gmatch(previous, '%S+') do
+    lost[#lost + 1] = token
+  end
+  return lost
+end
 local queues = { [0] = q }
 local names = { [0] = queue }
-local i = 6
-for n = 1, tonumber(ARGV[5]) do
+local i = 8
+for n = 1, tonumber(ARGV[7]) do
   queues[n] = queue_from(ARGV[i])
   names[n] = queues[n].name
   i = i + 1
@@ -73,10 +83,14 @@ end
 local function send_chord_callback(c)
   local gk, fired, count = A[c + 1], A[c + 2], tonumber(A[c + 4])
   redis.call('HSET', gk, A[c + 3], A[c + 5])
-  redis.call('EXPIRE', gk, ttl)
-  if redis.call('HLEN', gk) < count or not redis.call('SET', fired, '1', 'NX', 'EX', ttl) then
+  if redis.call('HLEN', gk) < count then
+    redis.call('PERSIST', gk) -- (written with an expiry by an older release)
     return
   end
+  if not redis.call('SET', fired, '1', 'NX', 'EX', ttl) then
+    return
+  end
+  redis.call('EXPIRE', gk, ttl)
   local parts = {}
   for k = 0, count - 1 do
     local v = redis.call('HGET', gk, tostring(k))
@@ -106,16 +120,23 @@ local function apply_after(a)
   end
   local e = a + 1 + n_follow * 9
   local c = e + 1 + tonumber(A[e]) * 4
-  if write_states then
-    for x = e + 1, c - 1, 4 do
-      store_state(queues[tonumber(A[x])], pubs, A[x + 1], A[x + 2], A[x + 3], ttl)
+  for x = e + 1, c - 1, 4 do -- the later links of a stopped chain: they will never run
+    local xq = queues[tonumber(A[x])]
+    if write_states then
+      store_state(xq, pubs, A[x + 1], A[x + 2], A[x + 3], ttl)
     end
+    settle_tombstone(xq, A[x + 1], now, ttl)
   end
   if A[c] == 'S' then
     send_chord_callback(c)
   elseif A[c] == 'F' then
-    if redis.call('SET', A[c + 1], 'failed', 'NX', 'EX', ttl) and write_states then
-      store_state(queues[tonumber(A[c + 2])], pubs, A[c + 3], A[c + 4], A[c + 5], ttl)
+    local fired, cq = A[c + 1], queues[tonumber(A[c + 2])]
+    if redis.call('SET', fired, 'failed', 'NX', 'EX', ttl) then
+      redis.call('EXPIRE', string.sub(fired, 1, -7), ttl) -- the members' results (":fired" off)
+      if write_states then
+        store_state(cq, pubs, A[c + 3], A[c + 4], A[c + 5], ttl)
+      end
+      settle_tombstone(cq, A[c + 3], now, ttl)
     end
   end
 end
@@ -131,7 +152,7 @@ while i <= #A do
         redis.call('SET', q.state .. id, state_json(id, 'STARTED', r[2]), 'EX', ttl)
       end
     else
-      lost[#lost + 1] = id
+      lost[#lost + 1] = token
     end
   elseif kind == 'D' then
     local state = A[i + 3]
@@ -146,7 +167,7 @@ while i <= #A do
       end
       apply_after(a)
     else
-      lost[#lost + 1] = id
+      lost[#lost + 1] = token
     end
   elseif kind == 'K' then
     local state = token -- K has no token: its third field is the state
@@ -181,7 +202,7 @@ while i <= #A do
         wake(q)
       end
     else
-      lost[#lost + 1] = id
+      lost[#lost + 1] = token
     end
   elseif kind == 'X' then
     local reason, state = A[i + 3], A[i + 4]
@@ -190,7 +211,7 @@ while i <= #A do
       redis.call('ZREM', q.leases, id)
       dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
     else
-      lost[#lost + 1] = id
+      lost[#lost + 1] = token
     end
   elseif kind == 'L' then
     i = i + 3
@@ -201,19 +222,7 @@ while i <= #A do
       redis.call('ZADD', q.ready, redis.call('HGET', rk, 'p'), id)
       wake(q)
     else
-      lost[#lost + 1] = id
-    end
-  elseif kind == 'P' then
-    local name = A[i + 3]
-    i = i + 4
-    if owned(rk, token) then
-      redis.call('HDEL', rk, 'o')
-      redis.call('HINCRBY', rk, 'd', -1)
-      redis.call('ZREM', q.leases, id)
-      redis.call('ZADD', q.parked_prefix .. name, redis.call('HGET', rk, 'p'), id)
-      redis.call('SADD', q.parked, name)
-    else
-      lost[#lost + 1] = id
+      lost[#lost + 1] = token
     end
   else
     return redis.error_reply('settle: unknown entry kind ' .. tostring(kind) .. ' at entry field ' .. i)
@@ -223,4 +232,5 @@ for k = 1, #acked, 1000 do -- (unpack has a limit on its number of values)
   redis.call('ZREM', q.leases, unpack(acked, k, math.min(k + 999, #acked)))
 end
 publish_replies(pubs)
+remember_reply(q, request_id, table.concat(lost, ' '), resend_window)
 return lost

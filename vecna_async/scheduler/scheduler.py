@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vecna_async.scheduler")
 PROMOTE_BATCH = 1000
 QUEUE_REFRESH_SECONDS = 5.0
+QUEUE_PRUNE_SECONDS = 3600.0
 
 
 class Scheduler:
@@ -48,6 +49,8 @@ class Scheduler:
         self._client = client
         self._channel = channel
         self._queues = set(queues)
+        self._own_queues = set(queues)
+        self._queues_pruned = 0.0
         self._max_sleep = max_sleep
         self._wake = anyio.Event()
         self._queues_refreshed = 0.0
@@ -79,8 +82,11 @@ class Scheduler:
         long to sleep until the next of either."""
         self.passes += 1
         next_tick = await self._periodic.fire_due()
+        if time.monotonic() - self._queues_pruned > QUEUE_PRUNE_SECONDS:
+            self._queues_pruned = time.monotonic()
+            self._queues -= set(await self._broker.queues.prune()) - self._own_queues
         if time.monotonic() - self._queues_refreshed > QUEUE_REFRESH_SECONDS:
-            self._queues |= await self._broker.known_queues()
+            self._queues |= await self._broker.queues.all()
             self._queues_refreshed = time.monotonic()
         sleep = self._max_sleep if next_tick is None else min(self._max_sleep, next_tick)
         for queue in list(self._queues):

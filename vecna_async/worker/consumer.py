@@ -2,25 +2,31 @@
 
 A worker never holds more messages than it has slots (``concurrency``): it claims in one call as
 many as are free (up to ``claim_batch``), so a busy worker does not hoard and an idle one fills up
-in one round trip. When a claim leaves slots free, it registers them: the next messages sent are
-handed (leased) straight to this worker's inbox list, which it blocks on — one round trip from
-enqueue to a running task. A slot is free again once its outcome is settled, not when the task
-returns, so leases held never exceed ``concurrency`` even when Redis is slow to take the outcomes.
-It also blocks on the queue's wake-up list, a hint only: after ``normal_tasks_poll_period`` it
-claims again anyway.
+in one round trip. A slot is free again once its outcome is settled, not when the task returns,
+so leases held never exceed ``concurrency`` even when Redis is slow to take the outcomes.
+
+When a claim leaves slots free (the queue ran dry), the worker blocks on the queue's wake-up
+list: every enqueue pushes a token there if none waits, and a claim that leaves work behind
+pushes one for the next idle worker. A wake-up is only a hint: after ``normal_tasks_poll_period``
+the worker claims again anyway. Every message reaches a worker through a claim, the one place
+that leases, fences and reaps.
+
+A claim whose reply took longer than half a lease (the event loop stalled, or the network did)
+may hand out leases that expired on the way: those are renewed, and any found taken by another
+delivery are dropped, before anything runs.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import anyio
 
 from vecna_async.broker.base import Broker, Claimed
-from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.redis_errors import is_transient
 from vecna_async.worker.heartbeat import InFlight
 from vecna_async.worker.taskset import TaskSet
 
@@ -40,8 +46,10 @@ class Consumer:
         in_flight: InFlight,
         run_one: Callable[[Claimed], Coroutine[Any, Any, None]],
         on_dead: Callable[[list[Claimed]], None],
+        *,
         claim_batch: int,
         poll_seconds: float,
+        lease_seconds: float,
     ) -> None:
         self._on_dead = on_dead
         self._broker = broker
@@ -52,39 +60,32 @@ class Consumer:
         self._run_one = run_one
         self._batch = claim_batch
         self._poll = poll_seconds
+        self._lease = lease_seconds
         self._stopping = False
         self._idle_scope: anyio.CancelScope | None = None
-        self._session = uuid.uuid4().hex[:16]
 
     def stop(self) -> None:
-        """Claim nothing more; interrupt an idle wait at once."""
+        """Claim nothing more; interrupt a wait (for a slot, for work, a back-off) at once."""
         self._stopping = True
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
     async def run(self, tasks: TaskSet) -> None:
-        try:
-            await self._run(tasks)
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                try:  # idle no more: what was handed to this worker's inbox goes back to ready
-                    await self._broker.leave(self._queue, self._session)
-                except Exception as exc:
-                    log.warning("could not end the idle registration on %r: %s", self._queue, exc)
-
-    async def _run(self, tasks: TaskSet) -> None:
         backoff = 0.05
         while not self._stopping:
-            n = await self._take_slots()
-            if self._stopping:
-                self._give_back(n)
+            n = await self._idle(self._take_slots())
+            if n is None or self._stopping:
+                self._give_back(n or 0)
                 break
+            asked_at = time.monotonic()
             try:
-                claimed = await self._broker.claim(self._queue, n, self._names, self._session)
+                claimed = await self._broker.claim(self._queue, n, self._names)
+                if time.monotonic() - asked_at > self._lease / 2:
+                    claimed = await self._still_ours(claimed)
                 backoff = 0.05
-            except Exception as exc:  # an outage, or a bug: either way keep the worker alive
+            except Exception as exc:  # an outage, an error reply, a bug: keep the worker alive
                 self._give_back(n)
-                if isinstance(exc, BrokerUnavailable):
+                if is_transient(exc):
                     log.warning(
                         "cannot claim from %r (%s); retry in %.2fs", self._queue, exc, backoff
                     )
@@ -99,27 +100,37 @@ class Consumer:
                 self._on_dead(dead)
             self._give_back(n - len(claimed))
             self._start(claimed, tasks)
-            registered = n - len(claimed)
-            # Fewer than asked: the queue ran dry, and the claim registered the free slots, so
-            # the next messages come straight to this worker's inbox; a wake-up or the poll
-            # period sends it back to claiming.
-            while registered > 0 and not self._stopping:
-                handed = await self._idle(self._wait_for_work(tasks, registered))
-                if not handed:
-                    break
-                registered -= handed
+            if len(claimed) < n:  # the queue ran dry for us: wait for a wake-up or the poll
+                await self._idle(self._wait_for_work())
+
+    async def _still_ours(self, claimed: list[Claimed]) -> list[Claimed]:
+        """Renew the leases of a slow claim's messages; keep those no other delivery took."""
+        live = [c for c in claimed if c.dead_reason is None]
+        lost = set(await self._broker.extend_leases(self._queue, [(c.id, c.token) for c in live]))
+        if lost:
+            log.warning(
+                "a claim from %r took over half a lease; %d of its message(s) had already "
+                "gone to another delivery and are not run here",
+                self._queue,
+                len(lost),
+            )
+        return [c for c in claimed if c.token not in lost]
 
     def _start(self, claimed: list[Claimed], tasks: TaskSet) -> None:
         for c in claimed:
-            self._in_flight.add(c)  # its slot comes back when its outcome is settled
-            tasks.spawn(self._run_one(c))
+            # its slot comes back when its outcome is settled (Flusher -> InFlight.forget)
+            self._in_flight.add(c, tasks.spawn(self._run_one(c)))
 
     async def _take_slots(self) -> int:
         """Wait for one free slot, then take every other free one (up to the batch size)."""
         await self._slots.acquire()
-        # Let tasks that finish in this same loop turn free their slots too: one claim for all.
-        await anyio.lowlevel.checkpoint()
         n = 1
+        try:
+            # Let tasks that finish in this same loop turn free their slots too: one claim for all.
+            await anyio.lowlevel.checkpoint()
+        except BaseException:
+            self._slots.release()
+            raise
         while n < self._batch and self._slots.value > 0:
             self._slots.acquire_nowait()
             n += 1
@@ -129,20 +140,12 @@ class Consumer:
         for _ in range(n):
             self._slots.release()
 
-    async def _wait_for_work(self, tasks: TaskSet, registered: int) -> int:
-        """Wait for handed-over messages (started here; returns how many) or a wake-up (0)."""
+    async def _wait_for_work(self) -> None:
         try:
-            handed = await self._broker.wait_for_work(
-                self._queue, self._poll, self._session, registered
-            )
-        except BrokerUnavailable as exc:
+            await self._broker.wait_for_work(self._queue, self._poll)
+        except Exception as exc:
             log.warning("wake-up wait on %r failed (%s)", self._queue, exc)
             await anyio.sleep(min(self._poll, 1.0))
-            return 0
-        for _ in handed:  # never more than the slots the claim registered as free
-            self._slots.acquire_nowait()
-        self._start(handed, tasks)
-        return len(handed)
 
     async def _idle(self, waiting: Awaitable[T]) -> T | None:
         """Await ``waiting`` unless ``stop()`` interrupts it (then None)."""

@@ -101,10 +101,9 @@ class Executor:
             log.error("task %s in queue %r dead-lettered: %s", c.id, c.queue, reason)
             self._flusher.dead(c, reason, self._final(c.id, "", State.FAILURE, error=reason))
             return
+        # The claim hands out only tasks this worker knows, or ones that asked to fail when
+        # no worker knows them (flagged unregistered).
         entry = None if c.unregistered else self._registry.find(msg.name)
-        if entry is None and not c.unregistered and not msg.ignore_when_task_not_registered:
-            self._flusher.park(c, msg.name)  # handed to us while idle: for a worker that knows it
-            return
         try:
             if entry is None:
                 raise TaskNotRegistered(msg.name, self._registry.names)
@@ -125,7 +124,9 @@ class Executor:
         except RetryTaskLater as exc:
             self._retry(c, msg, exc, int(exc.delay * 1000), counts=False)
         except anyio.get_cancelled_exc_class():
-            self._flusher.release(c)  # worker stopping: hand the message back, not a failure
+            # The worker is stopping, or this delivery's lease was lost: hand the message back
+            # (fenced by its token, so a lost delivery changes nothing), not a failure.
+            self._flusher.release(c)
             raise
         except Exception as exc:
             if _retryable(exc) and msg.attempts < msg.retry_count:

@@ -1,46 +1,67 @@
-"""Keeps the leases of running (and not yet settled) messages alive."""
+"""Keeps the leases of running (and not yet settled) deliveries alive.
+
+Everything is keyed by delivery (the lease token), never by task id: after a stall the same id
+can be delivered to this worker twice, and each delivery holds its own slot until its own
+settle lands. A delivery whose lease the heartbeat finds lost (it expired and the message went
+to another delivery) is stopped: its outcome would be fenced off anyway, and the other copy is
+the one that counts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 
 import anyio
 
 from vecna_async.broker.base import Broker, Claimed
-from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.redis_errors import is_transient
 
 log = logging.getLogger("vecna_async.worker")
 
 
 class InFlight:
-    """Messages this worker holds a lease on, from claim until their settle went through."""
+    """Deliveries this worker holds a lease on, from claim until their settle went through."""
 
     def __init__(self) -> None:
-        self.by_id: dict[str, Claimed] = {}
+        self.by_token: dict[str, Claimed] = {}
+        self._runs: dict[str, asyncio.Task[None]] = {}
         self._empty = anyio.Event()
         self._empty.set()
 
-    def add(self, c: Claimed) -> None:
-        self.by_id[c.id] = c
+    def add(self, c: Claimed, run: asyncio.Task[None]) -> None:
+        self.by_token[c.token] = c
+        self._runs[c.token] = run
         if self._empty.is_set():
             self._empty = anyio.Event()
 
-    def forget(self, ids: list[str]) -> int:
-        """Drop settled messages; returns how many were held here."""
+    def forget(self, tokens: list[str]) -> int:
+        """Drop settled deliveries; returns how many were held here (each frees a slot)."""
         held = 0
-        for i in ids:
-            if self.by_id.pop(i, None) is not None:
+        for token in tokens:
+            if self.by_token.pop(token, None) is not None:
+                self._runs.pop(token, None)
                 held += 1
-        if not self.by_id:
+        if not self.by_token:
             self._empty.set()
         return held
+
+    def stop(self, tokens: list[str]) -> int:
+        """Cancel the runs of deliveries whose lease is lost; returns how many were running."""
+        stopped = 0
+        for token in tokens:
+            run = self._runs.get(token)
+            if run is not None and not run.done():
+                run.cancel()
+                stopped += 1
+        return stopped
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
 
     def __len__(self) -> int:
-        return len(self.by_id)
+        return len(self.by_token)
 
 
 class Heartbeat:
@@ -58,19 +79,25 @@ class Heartbeat:
 
     async def beat(self) -> None:
         by_queue: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for c in list(self._in_flight.by_id.values()):
+        for c in list(self._in_flight.by_token.values()):
             by_queue[c.queue].append((c.id, c.token))
         for queue, leases in by_queue.items():
             try:
                 lost = await self._broker.extend_leases(queue, leases)
-            except BrokerUnavailable as exc:
-                log.warning("cannot renew %d lease(s) in %r: %s", len(leases), queue, exc)
+            except Exception as exc:  # an outage or an error reply: the next beat tries again
+                if is_transient(exc):
+                    log.warning("cannot renew %d lease(s) in %r: %s", len(leases), queue, exc)
+                else:
+                    log.exception("renewing %d lease(s) in %r failed", len(leases), queue)
                 continue
+            lost = [t for t in lost if t in self._in_flight.by_token]  # not settled meanwhile
             if lost:
+                stopped = self._in_flight.stop(lost)
                 log.warning(
-                    "lost the lease of %d running message(s) in %r (it expired; another worker "
-                    "may run them too): %s",
+                    "lost the lease of %d message(s) in %r (it expired and the message was "
+                    "delivered again); stopped %d run(s) of this worker whose outcome would "
+                    "not count",
                     len(lost),
                     queue,
-                    ", ".join(lost[:5]),
+                    stopped,
                 )

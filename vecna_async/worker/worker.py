@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from vecna_async.broker.queues import QUEUE_REMEMBER_SECONDS
 from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
@@ -26,6 +27,7 @@ from vecna_async.worker.heartbeat import Heartbeat, InFlight
 from vecna_async.worker.taskset import TaskSet
 
 if TYPE_CHECKING:
+    from vecna_async.broker.redis import RedisBroker
     from vecna_async.server import Server
 
 log = logging.getLogger("vecna_async.worker")
@@ -78,8 +80,8 @@ class Worker:
             in_flight = InFlight()
             slots = anyio.Semaphore(self.concurrency or UNLIMITED)
 
-            def settled(ids: list[str]) -> None:
-                for _ in range(in_flight.forget(ids)):  # a slot is free once its lease is gone
+            def settled(tokens: list[str]) -> None:
+                for _ in range(in_flight.forget(tokens)):  # a slot is free once its lease is gone
                     slots.release()
 
             flusher = Flusher(rt.broker, rt.backend if rt.separate_backend else None, settled)
@@ -98,6 +100,7 @@ class Worker:
                 executor.dead_lettered,
                 claim_batch=min(r.claim_batch, self.concurrency or r.claim_batch),
                 poll_seconds=r.normal_tasks_poll_period / 1000,
+                lease_seconds=r.lease_timeout,
             )
             self._consumer = consumer
             if self._quit_requested:
@@ -112,6 +115,7 @@ class Worker:
             async with anyio.create_task_group() as services:
                 services.start_soon(flusher.run)
                 services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
+                services.start_soon(self._keep_queue_known, rt.broker)
                 if self.run_scheduler:
                     services.start_soon(server.new_scheduler([self.queue]).run)
                 if threading.current_thread() is threading.main_thread():
@@ -137,10 +141,30 @@ class Worker:
                 log.info("worker %s: waiting up to %.0fs for %d task(s)", self.name, grace, running)
             with anyio.move_on_after(grace):
                 await tasks.wait()
+            if len(tasks):
+                log.warning(
+                    "worker %s: %d task(s) still running after the %.0fs grace; cancelling them "
+                    "and handing their messages back to the queue",
+                    self.name,
+                    len(tasks),
+                    grace,
+                )
         finally:
             tasks.cancel_all()  # what still runs hands its message back (Executor.run)
             with anyio.CancelScope(shield=True):
                 await tasks.wait()
+
+    async def _keep_queue_known(self, broker: RedisBroker) -> None:
+        """Keep this worker's queue in the known-queues set, so every scheduler promotes its
+        retries and ETA tasks (refreshed hourly; retried while Redis is unreachable)."""
+        while True:
+            try:
+                await broker.queues.remember(self.queue)
+            except Exception as exc:
+                log.debug("cannot record queue %r yet (%s)", self.queue, exc)
+                await anyio.sleep(5.0)
+                continue
+            await anyio.sleep(QUEUE_REMEMBER_SECONDS)
 
     async def _watch_signals(self) -> None:
         first_at = 0.0

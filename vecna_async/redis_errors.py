@@ -1,0 +1,43 @@
+"""redis-py's errors, turned into ours at the edge (every Redis call goes through ``redis_errors``).
+
+Two kinds matter to a caller: Redis could not be reached (``BrokerUnavailable``: refused, timed
+out, the connection dropped, a cluster node unknown), or Redis answered with an error reply
+(``BrokerRefused``, naming the reply). Replies that go away by themselves (out of memory, a
+read-only replica after a failover, a busy script, a loading or migrating server, a cluster
+that is down) are ``BrokerRefused.transient``: the worker's loops back off and retry those and
+keep the outcomes they hold; ``send_task`` raises them to the caller. The redis-py exception is
+kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from vecna_async.exceptions import BrokerError, BrokerRefused, BrokerUnavailable
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
+"""Errors that mean Redis cannot be reached right now (as opposed to an answer from it)."""
+
+
+@contextmanager
+def redis_errors(where: str, doing: str = "") -> Iterator[None]:
+    """Re-raise redis-py's errors as vecna's, saying where (and what we were doing)."""
+    try:
+        yield
+    except REDIS_DOWN as exc:
+        raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
+    except ResponseError as exc:
+        raise BrokerRefused(where, str(exc), doing) from exc
+    except RedisError as exc:
+        what = f" {doing}" if doing else ""
+        raise BrokerError(f"Redis at {where} failed{what}: {exc}") from exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error a long-running loop (claim, settle, heartbeat, scheduler) waits out and retries."""
+    return isinstance(exc, BrokerUnavailable) or (isinstance(exc, BrokerRefused) and exc.transient)
