@@ -15,6 +15,7 @@ from vecna_async.config import Config
 from vecna_async.connection import RedisClients, open_clients, parse_url
 from vecna_async.keys import Keys
 from vecna_async.scheduler.periodic import PeriodicStore
+from vecna_async.signing import Signer
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Runtime:
     periodic: PeriodicStore
     separate_backend: bool
     cluster: bool
+    signer: Signer | None = None
 
     async def close(self) -> None:
         await self.listener.close()
@@ -58,6 +60,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
     )
     broker = RedisBroker(broker_clients, keys, config, state_store=backend if separate else None)
     listener = ResultListener(backend_clients.main, channel)
+    signer = Signer.from_keys(config.signing_keys)
     return Runtime(
         config=config,
         keys=keys,
@@ -67,7 +70,8 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         backend=backend,
         listener=listener,
         results=ResultSource(backend, listener),
-        periodic=PeriodicStore(broker_clients.main, keys, broker, r.max_message_bytes),
+        periodic=PeriodicStore(broker_clients.main, keys, broker, r.max_message_bytes, signer),
         separate_backend=separate,
         cluster=broker_target.kind == "cluster",
+        signer=signer,
     )

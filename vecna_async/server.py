@@ -29,6 +29,7 @@ from vecna_async.messages import PeriodicDefinition, TaskMessage
 from vecna_async.runtime import Runtime, open_runtime
 from vecna_async.scheduler.periodic import schedule
 from vecna_async.scheduler.scheduler import Scheduler
+from vecna_async.signing import sign_definition
 from vecna_async.tasks.registry import TaskEntry, TaskFunction, TaskHandle, TaskRegistry
 from vecna_async.tasks.signature import Signature
 from vecna_async.tasks.wire import prepare, prepare_chain, prepare_chord, publish, walk
@@ -143,7 +144,11 @@ class Server:
                 "one queue (one hash slot): set the same routing_key on all of them"
             )
         await publish(
-            rt.broker, messages, self.config.redis.max_message_bytes, concurrency=concurrency
+            rt.broker,
+            messages,
+            self.config.redis.max_message_bytes,
+            concurrency=concurrency,
+            signer=rt.signer,
         )
 
     def _result(
@@ -246,6 +251,8 @@ class Server:
             code=code, spec=sched.spec, tz=sched.tz, kind=kind, tasks=tasks,
             callback=callback, concurrency=concurrency,
         )  # fmt: skip
+        if rt.signer is not None:
+            definition = sign_definition(definition, rt.signer)
         await rt.periodic.add(definition)
         return code
 

@@ -83,7 +83,13 @@ class Worker:
                     slots.release()
 
             flusher = Flusher(rt.broker, rt.backend if rt.separate_backend else None, settled)
-            executor = Executor(registry, flusher, rt.keys, rt.config.redis.max_message_bytes)
+            executor = Executor(
+                registry,
+                flusher,
+                rt.keys,
+                rt.config.redis.max_message_bytes,
+                signer=rt.signer,
+            )
             executor.error_handler = lambda sig, exc: (
                 self._error_handler(sig, exc) if self._error_handler else None
             )
