@@ -23,6 +23,7 @@ from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Done, E
 from vecna_async.exceptions import (
     ArgumentTypeError,
     ResultEncodeError,
+    ResultTooLarge,
     RetryTaskLater,
     TaskNotRegistered,
 )
@@ -84,12 +85,14 @@ class Executor:
         keys: Keys,
         max_message_bytes: int,
         *,
+        max_result_bytes: int = 16 * 1024 * 1024,
         signer: Signer | None = None,
     ) -> None:
         self._registry = registry
         self._flusher = flusher
         self._keys = keys
         self._max_bytes = max_message_bytes
+        self._max_result_bytes = max_result_bytes
         self._signer = signer
         self.error_handler: ErrorHandler | None = None
 
@@ -136,6 +139,8 @@ class Executor:
                     f"task {msg.name!r} returned {type(value).__name__}, "
                     f"which JSON cannot carry: {exc}"
                 ) from exc
+            if len(state) > self._max_result_bytes:
+                raise ResultTooLarge(msg.name, len(state), self._max_result_bytes)
         except RetryTaskLater as exc:
             self._retry(c, msg, exc, int(exc.delay * 1000), counts=False)
         except anyio.get_cancelled_exc_class():
@@ -290,8 +295,11 @@ class Executor:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Retrying cannot fix a bad argument, an unknown task or an unencodable result."""
-    return not isinstance(exc, ArgumentTypeError | TaskNotRegistered | ResultEncodeError)
+    """Retrying cannot fix a bad argument, an unknown task or an unencodable or oversized
+    result."""
+    return not isinstance(
+        exc, ArgumentTypeError | TaskNotRegistered | ResultEncodeError | ResultTooLarge
+    )
 
 
 def _shifted(column: list[str], n: int, added: int, prepend: bool) -> list[str]:

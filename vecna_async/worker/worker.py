@@ -88,6 +88,7 @@ class Worker:
                 flusher,
                 rt.keys,
                 rt.config.redis.max_message_bytes,
+                max_result_bytes=rt.config.redis.max_result_bytes,
                 signer=rt.signer,
             )
             executor.error_handler = lambda sig, exc: (
