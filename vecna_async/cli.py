@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import anyio
 
+from vecna_async.exceptions import VecnaError
 from vecna_async.server import Server
 
 log = logging.getLogger("vecna_async.cli")
@@ -141,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"vecna-async: error: {exc}", file=sys.stderr)
         return 2
+    except VecnaError as exc:  # at startup: a bad setting, an unsupported Redis ...
+        print(f"vecna-async: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,6 +129,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _positive(self, "shutdown_grace", allow_zero=True)
         if not self.default_queue:
             raise ConfigError("default_queue must not be empty")
+        for i, key in enumerate(self.signing_keys):
+            if len(key) < MIN_SIGNING_KEY_LENGTH:  # the message never shows the key
+                raise ConfigError(
+                    f"signing_keys must be at least {MIN_SIGNING_KEY_LENGTH} characters each "
+                    f"(key {i + 1} of {len(self.signing_keys)} has {len(key)})"
+                )
 
     @property
     def backend_url(self) -> str:
@@ -151,13 +157,19 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """Read ``VECNA_*`` variables: ``VECNA_BROKER``, ``VECNA_DEFAULT_QUEUE``,
         ``VECNA_RESULT_BACKEND``, ``VECNA_RESULTS_EXPIRE_IN``, ``VECNA_SHUTDOWN_GRACE`` and
         ``VECNA_REDIS_<FIELD>`` for every RedisConfig field (``VECNA_REDIS_MAX_ACTIVE=50``).
-        Unset variables keep their defaults; a value of the wrong type names the variable."""
+        ``VECNA_SIGNING_KEYS`` is a comma-separated list (blanks around the commas and empty
+        items are dropped). Unset variables keep their defaults; a value of the wrong type
+        names the variable."""
         env = os.environ if environ is None else environ
         top: dict[str, Any] = {}
         redis: dict[str, Any] = {}
         for field in msgspec.structs.fields(cls):
             if field.name != "redis" and f"VECNA_{field.name.upper()}" in env:
-                top[field.name] = env[f"VECNA_{field.name.upper()}"]
+                value = env[f"VECNA_{field.name.upper()}"]
+                if field.name in _LIST_FIELDS:  # strict=False makes no list from a string
+                    top[field.name] = [x.strip() for x in value.split(",") if x.strip()]
+                else:
+                    top[field.name] = value
         for field in msgspec.structs.fields(RedisConfig):
             var = f"VECNA_REDIS_{field.name.upper()}"
             if var in env:
@@ -168,6 +180,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             return msgspec.convert(top, type=cls, strict=False)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"environment: {_env_path(str(exc))}") from None
+
+
+MIN_SIGNING_KEY_LENGTH = 16
+_LIST_FIELDS = frozenset({"signing_keys"})
 
 
 def _positive(obj: object, name: str, *, allow_zero: bool = False) -> None:

@@ -42,6 +42,11 @@ class TaskMessage(
     optional names. ``on_success``
     callbacks get the results prepended to their args; ``chain_next`` (the next link of a chain)
     gets them appended, as the seed's chain example computes.
+
+    ``sig`` is the signature when ``Config.signing_keys`` is set (see ``vecna_async.signing``);
+    it must stay the last field: a signed body is the unsigned one with ``,"sig":"..."`` before
+    its closing brace. ``chord_args`` >= 0 marks a chord callback whose signature covers only its
+    first ``chord_args`` args (the members' results are spliced in after signing).
     """
 
     id: str
@@ -69,6 +74,8 @@ class TaskMessage(
     code: str = ""
     spec: str = ""
     reply_to: str = ""
+    chord_args: int = -1
+    sig: str = ""  # keep last (see above)
 
 
 class TaskState(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -119,6 +126,11 @@ class PeriodicDefinition(msgspec.Struct, tag_field="v", tag=FORMAT_VERSION, kw_o
     tasks: list[TaskMessage]
     callback: TaskMessage | None = None
     concurrency: int = 0
+    sig: str = ""  # set when Config.signing_keys is: see vecna_async.signing
+
+
+CHORD_RESULTS_MARK = "\x00vecna:chord-results\x00"
+"""Where a chord callback's body is split for the members' results (``tasks.wire``)."""
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

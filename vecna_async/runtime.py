@@ -6,15 +6,23 @@ torn down by ``Server.close()``. Workers and schedulers take what they need from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+
+import anyio
 
 from vecna_async.backend.redis import RedisBackend
 from vecna_async.backend.results import ResultListener, ResultSource
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
 from vecna_async.connection import RedisClients, open_clients, parse_url
+from vecna_async.exceptions import UnsupportedRedis
 from vecna_async.keys import Keys
+from vecna_async.preflight import check_redis
 from vecna_async.scheduler.periodic import PeriodicStore
+from vecna_async.signing import Signer
+
+log = logging.getLogger("vecna_async.preflight")
 
 
 @dataclass
@@ -30,6 +38,36 @@ class Runtime:
     periodic: PeriodicStore
     separate_backend: bool
     cluster: bool
+    signer: Signer | None = None
+    _checked: list[str] | None = field(default=None, init=False, repr=False)
+    _refused: UnsupportedRedis | None = field(default=None, init=False, repr=False)
+    _checking: anyio.Lock | None = field(default=None, init=False, repr=False)
+
+    async def preflight(self) -> list[str]:
+        """The startup checks (``vecna_async.preflight``) on the broker's Redis and a separate
+        result backend's, run at most once per runtime: the warnings are logged once (WARNING)
+        and returned; a Redis older than 7.0 raises UnsupportedRedis (every call, once found).
+        BrokerUnavailable if Redis cannot be reached (then a later call checks again)."""
+        if self._checking is None:
+            self._checking = anyio.Lock()
+        async with self._checking:
+            if self._refused is not None:
+                raise self._refused
+            if self._checked is None:
+                targets = [self.broker_clients]
+                if self.separate_backend:
+                    targets.append(self.backend_clients)
+                warnings: list[str] = []
+                try:
+                    for clients in targets:
+                        warnings += await check_redis(clients.main, clients.target.describe())
+                except UnsupportedRedis as exc:
+                    self._refused = exc
+                    raise
+                for warning in warnings:
+                    log.warning("%s", warning)
+                self._checked = warnings
+            return self._checked
 
     async def close(self) -> None:
         await self.listener.close()
@@ -58,6 +96,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
     )
     broker = RedisBroker(broker_clients, keys, config, state_store=backend if separate else None)
     listener = ResultListener(backend_clients.main, channel)
+    signer = Signer.from_keys(config.signing_keys)
     return Runtime(
         config=config,
         keys=keys,
@@ -67,7 +106,8 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         backend=backend,
         listener=listener,
         results=ResultSource(backend, listener),
-        periodic=PeriodicStore(broker_clients.main, keys, broker, r.max_message_bytes),
+        periodic=PeriodicStore(broker_clients.main, keys, broker, r.max_message_bytes, signer),
         separate_backend=separate,
         cluster=broker_target.kind == "cluster",
+        signer=signer,
     )

@@ -12,6 +12,7 @@ delegates the work: messages are built by ``tasks.wire``, queued by the broker, 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -24,17 +25,20 @@ from vecna_async.backend.redis import RedisBackend
 from vecna_async.backend.results import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
+from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.keys import Keys
 from vecna_async.messages import PeriodicDefinition, TaskMessage
 from vecna_async.runtime import Runtime, open_runtime
 from vecna_async.scheduler.periodic import schedule
 from vecna_async.scheduler.scheduler import Scheduler
+from vecna_async.signing import sign_definition
 from vecna_async.tasks.registry import TaskEntry, TaskFunction, TaskHandle, TaskRegistry
 from vecna_async.tasks.signature import Signature
 from vecna_async.tasks.wire import prepare, prepare_chain, prepare_chord, publish, walk
 from vecna_async.tasks.workflows import Chain, Chord, Group
 from vecna_async.worker.worker import Worker
 
+log = logging.getLogger("vecna_async.scheduler")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -143,7 +147,11 @@ class Server:
                 "one queue (one hash slot): set the same routing_key on all of them"
             )
         await publish(
-            rt.broker, messages, self.config.redis.max_message_bytes, concurrency=concurrency
+            rt.broker,
+            messages,
+            self.config.redis.max_message_bytes,
+            concurrency=concurrency,
+            signer=rt.signer,
         )
 
     def _result(
@@ -246,6 +254,8 @@ class Server:
             code=code, spec=sched.spec, tz=sched.tz, kind=kind, tasks=tasks,
             callback=callback, concurrency=concurrency,
         )  # fmt: skip
+        if rt.signer is not None:
+            definition = sign_definition(definition, rt.signer)
         await rt.periodic.add(definition)
         return code
 
@@ -312,16 +322,24 @@ class Server:
     async def scheduler(self, queues: Iterable[str] = ()) -> AsyncIterator[Scheduler]:
         """Run the delayed/periodic scheduler in the current event loop while the block runs.
 
+        The startup checks run first (``Runtime.preflight``): UnsupportedRedis for a Redis older
+        than 7.0; warnings logged once; skipped, with a warning, if Redis cannot be reached.
+
         >>> # async with server.scheduler():   # e.g. in a FastAPI lifespan
         >>> #     yield
         """
-        async with self.connection(), anyio.create_task_group() as tg:
-            sched = self.new_scheduler(queues)
-            tg.start_soon(sched.run)
+        async with self.connection() as rt:
             try:
-                yield sched
-            finally:
-                tg.cancel_scope.cancel()
+                await rt.preflight()  # UnsupportedRedis: the scheduler does not start
+            except BrokerUnavailable as exc:  # do not hold up the app: the scheduler retries
+                log.warning("scheduler: startup checks skipped: %s", exc)
+            async with anyio.create_task_group() as tg:
+                sched = self.new_scheduler(queues)
+                tg.start_soon(sched.run)
+                try:
+                    yield sched
+                finally:
+                    tg.cancel_scope.cancel()
 
     def get_broker(self) -> RedisBroker:
         return self._runtime().broker

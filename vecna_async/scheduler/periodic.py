@@ -24,6 +24,7 @@ from vecna_async.keys import Keys
 from vecna_async.messages import PeriodicDefinition, TaskMessage, encode, periodic_decoder
 from vecna_async.scheduler.cron import CronSchedule
 from vecna_async.scripts import script
+from vecna_async.signing import Signer
 from vecna_async.tasks.wire import publish
 
 _NAMESPACE = uuid.UUID("6f1c1d3e-8a0b-4b7e-9a53-0c7c5e2b9d41")
@@ -39,11 +40,19 @@ def schedule(spec: str, tz: str) -> CronSchedule:
 class PeriodicStore:
     """The periodic definitions in Redis, and the firing of their due ticks."""
 
-    def __init__(self, client: AnyRedis, keys: Keys, broker: RedisBroker, max_bytes: int) -> None:
+    def __init__(
+        self,
+        client: AnyRedis,
+        keys: Keys,
+        broker: RedisBroker,
+        max_bytes: int,
+        signer: Signer | None = None,
+    ) -> None:
         self._client = client
         self._keys = keys
         self._broker = broker
         self._max_bytes = max_bytes
+        self._signer = signer  # signs the fired messages (Config.signing_keys)
         self._where = broker.where
         self.fired = 0
 
@@ -92,6 +101,7 @@ class PeriodicStore:
             concurrency=d.concurrency,
             request_id=f"periodic:{d.code}:{tick}",
             request_ttl=FIRING_DEDUP_SECONDS,
+            signer=self._signer,
         )
         nxt = schedule(d.spec, d.tz).next_after(max(tick, now))
         async with unavailable_as(self._where):

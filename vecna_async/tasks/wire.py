@@ -18,7 +18,8 @@ import msgspec
 
 from vecna_async.exceptions import MessageTooLarge
 from vecna_async.keys import check_name
-from vecna_async.messages import State, TaskMessage, TaskState, encode
+from vecna_async.messages import CHORD_RESULTS_MARK, State, TaskMessage, TaskState, encode
+from vecna_async.signing import Signer, signed_body
 from vecna_async.tasks.signature import Arg, Signature
 from vecna_async.tasks.workflows import Chain, Chord
 
@@ -123,23 +124,29 @@ def prepare_chord(chord: Chord, default_queue: str, reply_to: str = "") -> list[
     return members
 
 
-CHORD_RESULTS_MARK = "\x00vecna:chord-results\x00"
-
-
-def split_for_results(callback: TaskMessage) -> tuple[bytes, bytes]:
+def split_for_results(callback: TaskMessage, signer: Signer | None = None) -> tuple[bytes, bytes]:
     """The callback's encoded body, split where the chord's results go (appended to its args).
 
     The Lua side joins the members' encoded results with commas and puts them in between, so
-    results are never decoded or re-encoded there (Lua's JSON would lose 64-bit integers).
+    results are never decoded or re-encoded there (Lua's JSON would lose 64-bit integers). With a
+    ``signer`` the body is a signed template: ``chord_args`` counts the args before the results,
+    and the signature covers the body with the placeholder in the results' place (the results
+    themselves cannot be covered: see ``vecna_async.signing``).
     """
-    body = encode(msgspec.structs.replace(callback, args=[*callback.args, CHORD_RESULTS_MARK]))
+    template = msgspec.structs.replace(callback, args=[*callback.args, CHORD_RESULTS_MARK])
+    if signer is None:
+        body = encode(template)
+    else:
+        template = msgspec.structs.replace(template, chord_args=len(callback.args))
+        body = signed_body(template, signer)
     prefix, _, suffix = body.partition(encode(CHORD_RESULTS_MARK))
     return prefix, suffix
 
 
-def outgoing(msg: TaskMessage, max_bytes: int) -> Outgoing:
-    """Encode a message for the broker; refuse one over ``max_bytes`` before anything is sent."""
-    body = encode(msg)
+def outgoing(msg: TaskMessage, max_bytes: int, signer: Signer | None = None) -> Outgoing:
+    """Encode a message for the broker (signed when there is a ``signer``); refuse one over
+    ``max_bytes`` before anything is sent."""
+    body = encode(msg) if signer is None else signed_body(msg, signer)
     if len(body) > max_bytes:
         raise MessageTooLarge(msg.name, len(body), max_bytes)
     due = msg.eta_ms if msg.eta_ms > time.time() * 1000 else 0
@@ -163,10 +170,11 @@ async def publish(
     concurrency: int = 0,
     request_id: str = "",
     request_ttl: int = 0,
+    signer: Signer | None = None,
 ) -> None:
-    """Encode and check every message first (nothing is sent if one is too large), then enqueue
-    them ``concurrency`` at a time (0: all in one call per queue)."""
-    out = [outgoing(m, max_bytes) for m in messages]
+    """Encode (and sign, with a ``signer``) and check every message first (nothing is sent if one
+    is too large), then enqueue them ``concurrency`` at a time (0: all in one call per queue)."""
+    out = [outgoing(m, max_bytes, signer) for m in messages]
     size = concurrency or len(out) or 1
     for start in range(0, len(out), size):
         chunk_id = f"{request_id}:{start}" if request_id else ""

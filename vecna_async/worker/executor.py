@@ -23,6 +23,7 @@ from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Done, E
 from vecna_async.exceptions import (
     ArgumentTypeError,
     ResultEncodeError,
+    ResultTooLarge,
     RetryTaskLater,
     TaskNotRegistered,
 )
@@ -35,6 +36,7 @@ from vecna_async.messages import (
     decode_task,
     encode,
 )
+from vecna_async.signing import Signer, signed_body, task_problem
 from vecna_async.tasks.args import coerce_typed_arg
 from vecna_async.tasks.registry import TaskEntry, TaskRegistry
 from vecna_async.tasks.signature import Signature
@@ -77,12 +79,21 @@ class Executor:
     """Turns a claimed message into an outcome for the flusher."""
 
     def __init__(
-        self, registry: TaskRegistry, flusher: Flusher, keys: Keys, max_message_bytes: int
+        self,
+        registry: TaskRegistry,
+        flusher: Flusher,
+        keys: Keys,
+        max_message_bytes: int,
+        *,
+        max_result_bytes: int = 16 * 1024 * 1024,
+        signer: Signer | None = None,
     ) -> None:
         self._registry = registry
         self._flusher = flusher
         self._keys = keys
         self._max_bytes = max_message_bytes
+        self._max_result_bytes = max_result_bytes
+        self._signer = signer
         self.error_handler: ErrorHandler | None = None
 
     async def run(self, c: Claimed) -> None:
@@ -100,6 +111,12 @@ class Executor:
             reason = undecodable_reason(c.body, exc)
             log.error("task %s in queue %r dead-lettered: %s", c.id, c.queue, reason)
             self._flusher.dead(c, reason, self._final(c.id, "", State.FAILURE, error=reason))
+            return
+        if self._signer is not None and (problem := task_problem(self._signer, msg, c.body)):
+            reason = f"InvalidSignature: {problem}"
+            log.error("task %s (%s) in queue %r dead-lettered: %s", msg.name, c.id, c.queue, reason)
+            state = self._final(c.id, msg.name, State.FAILURE, error=reason)
+            self._flusher.dead(c, reason, state, msg.reply_to)  # nothing it carries runs
             return
         # The claim hands out only tasks this worker knows, or ones that asked to fail when
         # no worker knows them (flagged unregistered).
@@ -121,6 +138,8 @@ class Executor:
                     f"task {msg.name!r} returned {type(value).__name__}, "
                     f"which JSON cannot carry: {exc}"
                 ) from exc
+            if len(state) > self._max_result_bytes:
+                raise ResultTooLarge(msg.name, len(state), self._max_result_bytes)
         except RetryTaskLater as exc:
             self._retry(c, msg, exc, int(exc.delay * 1000), counts=False)
         except anyio.get_cancelled_exc_class():
@@ -148,6 +167,13 @@ class Executor:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 msg = TaskMessage(id=c.id, name="", queue=c.queue)
             log.error("task %s (%s) dead-lettered: %s", msg.name, c.id, c.dead_reason)
+            if self._signer is not None and (problem := task_problem(self._signer, msg, c.body)):
+                # Its callbacks would go out signed by us: only its own FAILURE is settled.
+                err = f"dead-lettered: {c.dead_reason}; InvalidSignature: {problem}"
+                log.error("task %s (%s): InvalidSignature: %s", msg.name, c.id, problem)
+                state = self._final(c.id, msg.name, State.FAILURE, error=err)
+                self._flusher.aftermath(c, Done(c.id, c.token, state, []), msg.reply_to)
+                continue
             done = self._failure(c, msg, f"dead-lettered: {c.dead_reason}", "")
             self._flusher.aftermath(c, done, msg.reply_to)
 
@@ -169,7 +195,8 @@ class Executor:
         self, c: Claimed, msg: TaskMessage, exc: BaseException, delay_ms: int, *, counts: bool
     ) -> None:
         attempts = msg.attempts + 1 if counts else msg.attempts
-        body = encode(msgspec.structs.replace(msg, attempts=attempts))
+        again = msgspec.structs.replace(msg, attempts=attempts, chord_args=-1, sig="")
+        body = encode(again) if self._signer is None else signed_body(again, self._signer)
         state = self._final(msg.id, msg.name, State.RETRY, error=error_string(exc))
         log.info("task %s (%s) retrying in %.3fs: %s", msg.name, msg.id, delay_ms / 1000, exc)
         self._flusher.retry(c, state, body, delay_ms)
@@ -227,10 +254,10 @@ class Executor:
         cb = msg.chord_callback
         if cb is None or not msg.group_id:
             return None
-        out = self._out(cb, [], prepend=False)
+        out = self._out(cb, [], prepend=False, sign=False)  # its body is the two halves below
         if out is None:
             return None
-        prefix, suffix = split_for_results(cb)
+        prefix, suffix = split_for_results(cb, self._signer)
         qk = self._keys.queue(cb.queue)
         return ChordSuccess(
             group_key=qk.chord_results(msg.group_id),
@@ -244,7 +271,9 @@ class Executor:
             body_suffix=suffix,
         )
 
-    def _out(self, cb: TaskMessage, values: list[Any], *, prepend: bool) -> Outgoing | None:
+    def _out(
+        self, cb: TaskMessage, values: list[Any], *, prepend: bool, sign: bool = True
+    ) -> Outgoing | None:
         """A follow-up message with ``values`` added to its args; None (logged) if it is too big."""
         if values:
             cb = msgspec.structs.replace(
@@ -254,7 +283,7 @@ class Executor:
                 arg_names=_shifted(cb.arg_names, len(cb.args), len(values), prepend),
             )
         try:
-            return outgoing(cb, self._max_bytes)
+            return outgoing(cb, self._max_bytes, self._signer if sign else None)
         except Exception as exc:
             log.error("follow-up task %s (%s) not sent: %s", cb.name, cb.id, exc)
             return None
@@ -267,8 +296,11 @@ class Executor:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Retrying cannot fix a bad argument, an unknown task or an unencodable result."""
-    return not isinstance(exc, ArgumentTypeError | TaskNotRegistered | ResultEncodeError)
+    """Retrying cannot fix a bad argument, an unknown task or an unencodable or oversized
+    result."""
+    return not isinstance(
+        exc, ArgumentTypeError | TaskNotRegistered | ResultEncodeError | ResultTooLarge
+    )
 
 
 def _shifted(column: list[str], n: int, added: int, prepend: bool) -> list[str]:

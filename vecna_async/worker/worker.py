@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from vecna_async.broker.queues import QUEUE_REMEMBER_SECONDS
+from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
@@ -28,6 +29,7 @@ from vecna_async.worker.taskset import TaskSet
 
 if TYPE_CHECKING:
     from vecna_async.broker.redis import RedisBroker
+    from vecna_async.runtime import Runtime
     from vecna_async.server import Server
 
 log = logging.getLogger("vecna_async.worker")
@@ -74,6 +76,7 @@ class Worker:
         """Run until ``quit()``, a signal, or cancellation; then drain gracefully."""
         server = self._server
         async with server.connection() as rt:
+            await self._preflight(rt)  # UnsupportedRedis ends launch() here, before any claim
             registry = server.registry
             if not len(registry):
                 log.warning("worker %s has no registered tasks: it will claim nothing", self.name)
@@ -85,7 +88,14 @@ class Worker:
                     slots.release()
 
             flusher = Flusher(rt.broker, rt.backend if rt.separate_backend else None, settled)
-            executor = Executor(registry, flusher, rt.keys, rt.config.redis.max_message_bytes)
+            executor = Executor(
+                registry,
+                flusher,
+                rt.keys,
+                rt.config.redis.max_message_bytes,
+                max_result_bytes=rt.config.redis.max_result_bytes,
+                signer=rt.signer,
+            )
             executor.error_handler = lambda sig, exc: (
                 self._error_handler(sig, exc) if self._error_handler else None
             )
@@ -130,6 +140,18 @@ class Worker:
                             )
                     services.cancel_scope.cancel()
             log.info("worker %s stopped", self.name)
+
+    async def _preflight(self, rt: Runtime) -> None:
+        """The startup checks (``Runtime.preflight``), retried while Redis cannot be reached."""
+        delay = 0.1
+        while not self._quit_requested:
+            try:
+                await rt.preflight()
+                return
+            except BrokerUnavailable as exc:
+                log.warning("worker %s: startup checks wait for Redis: %s", self.name, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _consume(self, consumer: Consumer, in_flight: InFlight, grace: float) -> None:
         tasks = TaskSet()
