@@ -20,6 +20,8 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
                                    o=lease owner token r=reply channels i=ignore-if-unregistered
                                    e=dead-letter reason
     vecna:{q}:s:<id>         STR   the task's TaskState (JSON), expires after results_expire_in
+    vecna:{q}:w:<id>         SET   with a separate result backend, on it: the reply channels of
+                                   other Servers waiting for the task (capped), same expiry
     vecna:{q}:parked         SET   names of parked tasks (claimed by workers that did not know them)
     vecna:{q}:parked:<name>  ZSET  parked ids of that task name, with their order score
     vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim call (redis-py retries)
@@ -63,7 +65,9 @@ def check_name(kind: str, value: str) -> str:
 
 class QueueKeys(NamedTuple):
     """The keys of one queue, in the order every Lua script receives them as ``KEYS``
-    (``lua/_lib.lua``'s ``queue_keys`` reads them back by position)."""
+    (``lua/_lib.lua``'s ``queue_keys`` reads them back by position). ``watchers_prefix``, last,
+    is not packed (``Keys.packed_queue``): only the result backend's own scripts use it, and
+    they take their keys as ``KEYS``."""
 
     ready: str
     delayed: str
@@ -83,12 +87,16 @@ class QueueKeys(NamedTuple):
     idle_order: str
     inbox_prefix: str
     canceling: str
+    watchers_prefix: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
 
     def state(self, task_id: str) -> str:
         return self.state_prefix + task_id
+
+    def watchers(self, task_id: str) -> str:
+        return self.watchers_prefix + task_id
 
     def tombstone(self, task_id: str) -> str:
         return self.tombstone_prefix + task_id
@@ -147,9 +155,12 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         idle_order=base + "idle_order",
         inbox_prefix=base + "inbox:",
         canceling=base + "canceling",
+        watchers_prefix=base + "w:",
     )
 
 
 @lru_cache(maxsize=1024)
 def _packed_queue(prefix: str, queue: str) -> bytes:
-    return msgspec.msgpack.encode([*_queue_keys(prefix, queue), queue])
+    keys = _queue_keys(prefix, queue)._asdict()
+    del keys["watchers_prefix"]  # the backend's: no broker script reads it
+    return msgspec.msgpack.encode([*keys.values(), queue])
