@@ -121,10 +121,11 @@ class ResultListener:
         state = None
         heard_everything = sent_in_generation == self.generation and sent_in_generation > 0
         if heard_everything:
-            payload = self._recent.pop(task_id, b"")
-            if payload:
-                early = decode_state(payload)
-                if early.is_completed():
+            heard = self._recent.pop(task_id, None)
+            if heard is not None:
+                if not heard:  # a state too large to publish: it is stored, read it
+                    heard_everything = False
+                elif (early := decode_state(heard)).is_completed():
                     return early
         read = "get" if heard_everything else "watch"
         while True:
