@@ -19,6 +19,8 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
                                    i=ignore-if-unregistered e=dead-letter reason t=when
                                    k=aftermath settled
     vecna:{q}:s:<id>         STR   the task's TaskState (JSON), expires after results_expire_in
+    vecna:{q}:w:<id>         SET   with a separate result backend, on it: the reply channels of
+                                   other Servers waiting for the task (capped), same expiry
     vecna:{q}:parked         SET   names of parked tasks (claimed by workers that did not know them)
     vecna:{q}:parked:<name>  ZSET  parked ids of that task name, with their order score
     vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim/settle call (redis-py
@@ -70,8 +72,8 @@ def check_name(kind: str, value: str) -> str:
 
 
 class QueueKeys(NamedTuple):
-    """The keys of one queue, in the order every Lua script receives them as ``KEYS``
-    (``lua/_lib.lua``'s ``queue_keys`` reads them back by position)."""
+    """The keys of one queue, in the order every queue script receives them packed
+    (``Keys.packed_queue``; ``lua/_lib.lua``'s ``queue_from`` reads them back by position)."""
 
     ready: str
     delayed: str
@@ -92,12 +94,16 @@ class QueueKeys(NamedTuple):
     probe_b: str
     legacy_tombstone_prefix: str
     legacy_canceling: str
+    watchers_prefix: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
 
     def state(self, task_id: str) -> str:
         return self.state_prefix + task_id
+
+    def watchers(self, task_id: str) -> str:
+        return self.watchers_prefix + task_id
 
     def chord_results(self, group_id: str) -> str:
         return self.chord_prefix + group_id
@@ -154,6 +160,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         probe_b=base + "probe:b",
         legacy_tombstone_prefix=base + "x:",
         legacy_canceling=base + "canceling",
+        watchers_prefix=base + "w:",
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from vecna_async.backend.redis import RedisBackend
+from vecna_async.backend.redis import RedisBackend, RedisBrokerStates
 from vecna_async.backend.results import ResultListener, ResultSource
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
@@ -97,6 +97,10 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
     broker = RedisBroker(broker_clients, keys, config, state_store=backend if separate else None)
     listener = ResultListener(backend_clients.main, channel)
     signer = Signer.from_keys(config.signing_keys)
+    # with a separate backend, RECEIVED (and PENDING) are what the broker's message record says
+    broker_states = (
+        RedisBrokerStates(broker_clients.main, keys, broker_target.describe()) if separate else None
+    )
     return Runtime(
         config=config,
         keys=keys,
@@ -105,7 +109,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         broker=broker,
         backend=backend,
         listener=listener,
-        results=ResultSource(backend, listener),
+        results=ResultSource(backend, listener, broker_states),
         periodic=PeriodicStore(broker_clients.main, keys, broker, r.max_message_bytes, signer),
         separate_backend=separate,
         cluster=broker_target.kind == "cluster",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
-from vecna_async.backend.base import Backend
+from vecna_async.backend.base import Backend, BrokerStates
 from vecna_async.exceptions import ResultTimeout, TaskCanceled, TaskFailed
 from vecna_async.messages import State, TaskState, decode_state
 
@@ -121,10 +121,11 @@ class ResultListener:
         state = None
         heard_everything = sent_in_generation == self.generation and sent_in_generation > 0
         if heard_everything:
-            payload = self._recent.pop(task_id, b"")
-            if payload:
-                early = decode_state(payload)
-                if early.is_completed():
+            heard = self._recent.pop(task_id, None)
+            if heard is not None:
+                if not heard:  # a state too large to publish: it is stored, read it
+                    heard_everything = False
+                elif (early := decode_state(heard)).is_completed():
                     return early
         read = "get" if heard_everything else "watch"
         while True:
@@ -176,11 +177,27 @@ class ResultListener:
 
 
 class ResultSource:
-    """What an AsyncResult reads from: the backend and the Server's listener."""
+    """What an AsyncResult reads from: the backend and the Server's listener, and with a
+    separate backend the broker's state read (``broker_states``), which tells RECEIVED (and
+    PENDING) from the message record: the backend stores neither."""
 
-    def __init__(self, backend: Backend, listener: ResultListener) -> None:
+    def __init__(
+        self, backend: Backend, listener: ResultListener, broker_states: BrokerStates | None = None
+    ) -> None:
         self.backend = backend
         self.listener = listener
+        self.broker_states = broker_states
+
+    async def get_state(self, queue: str, task_id: str) -> TaskState | None:
+        state = await self.backend.get_state(queue, task_id)
+        if self.broker_states is None or not _may_be_received(state):
+            return state
+        queued = await self.broker_states.current_state(queue, task_id)
+        if queued is None:  # not (or no longer) in the broker: the backend knows best
+            return state
+        if state is None or queued.state is State.RECEIVED:
+            return queued
+        return state
 
 
 class AsyncResult(Generic[T]):
@@ -214,7 +231,7 @@ class AsyncResult(Generic[T]):
 
     async def get_state(self) -> TaskState | None:
         """The current TaskState, or None if none is stored (unknown id, or expired)."""
-        return await self._source.backend.get_state(self.queue, self.task_id)
+        return await self._source.get_state(self.queue, self.task_id)
 
     async def get(self, timeout: float | None = None) -> T:
         """Wait for the task and return its value (a tuple if it returned several).
@@ -241,6 +258,13 @@ class AsyncResult(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.task_id} queue={self.queue!r}>"
+
+
+def _may_be_received(state: TaskState | None) -> bool:
+    """Whether the broker may know better: it was claimed since this state was stored (the
+    states a claim changes into RECEIVED: PENDING, RETRY), or none is stored yet (a follow-up
+    whose PENDING its worker has yet to write)."""
+    return state is None or state.state in (State.PENDING, State.RETRY)
 
 
 def _state_name(state: TaskState | None) -> str | None:

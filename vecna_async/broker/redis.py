@@ -268,7 +268,11 @@ class RedisBroker:
                 st = states[i]
                 name = st.task_name if st else ""
                 canceled = TaskState(task_id=i, state=State.CANCELED, task_name=name)
-                writes.append(StateWrite(queue, i, encode(canceled), store.reply_channel))
+                # not over a final state: the task may have finished since it was read above
+                write = StateWrite(
+                    queue, i, encode(canceled), store.reply_channel, unless_final=True
+                )
+                writes.append(write)
         await store.store(writes)
         return [bool(flags.get(i)) for i in task_ids]
 

@@ -12,7 +12,7 @@ local function now_ms()
 end
 
 -- A queue's keys and name, from one msgpack array (keys.QueueKeys: the keys in QueueKeys
--- order, then the queue's name). One argument instead of 19 saves redis-py packing them per call;
+-- order, then the queue's name). One argument instead of 20 saves redis-py packing them per call;
 -- KEYS carries just one of them, so Redis Cluster routes the call to the queue's slot.
 local function queue_from(packed)
   local list = cmsgpack.unpack(packed)
@@ -22,8 +22,8 @@ local function queue_from(packed)
     parked = list[9], parked_prefix = list[10], request = list[11],
     tombstones = list[12], chord = list[13], dead_pending = list[14],
     clock = list[15], probe_a = list[16], probe_b = list[17],
-    legacy_tombstone = list[18], legacy_canceling = list[19],
-    name = list[20],
+    legacy_tombstone = list[18], legacy_canceling = list[19], watchers = list[20],
+    name = list[21],
   }
 end
 
@@ -139,6 +139,10 @@ local function state_name(state)
 end
 
 local FINAL = { SUCCESS = true, FAILURE = true, CANCELED = true }
+
+local function is_final(state)
+  return FINAL[state_name(state)] == true
+end
 
 -- A task's state. Final states (and STARTED, RETRY) are stored; PENDING and RECEIVED are what its
 -- message record says (waiting, or leased to a worker), so the hot path writes neither.

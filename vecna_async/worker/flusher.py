@@ -102,7 +102,8 @@ class Flusher:
         p.started.pop(c.token, None)
         batch.retry.append((c.id, c.token, state, body, delay_ms))
         if self._store is not None:
-            p.writes[c.token] = [StateWrite(c.queue, c.id, state)]
+            # written after its settle: another copy may have finished in between
+            p.writes[c.token] = [StateWrite(c.queue, c.id, state, unless_final=True)]
 
     def dead(self, c: Claimed, reason: str, state: bytes, reply_to: str = "") -> None:
         p, batch = self._slot(c.queue)
@@ -158,7 +159,8 @@ class Flusher:
             if self._store is not None:
                 for token, (i, name) in p.started.items():
                     mark = TaskState(task_id=i, state=State.STARTED, task_name=name)
-                    writes.setdefault(token, [StateWrite(queue, i, encode(mark))])
+                    started = StateWrite(queue, i, encode(mark), unless_final=True)
+                    writes.setdefault(token, [started])
             p.started = {}
             if not len(batch) and not writes:
                 continue
