@@ -32,10 +32,20 @@ def redis_errors(where: str, doing: str = "") -> Iterator[None]:
     except REDIS_DOWN as exc:
         raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
     except ResponseError as exc:
-        raise BrokerRefused(where, str(exc), doing) from exc
+        raise BrokerRefused(where, reply_text(exc), doing) from exc
     except RedisError as exc:
         what = f" {doing}" if doing else ""
         raise BrokerError(f"Redis at {where} failed{what}: {exc}") from exc
+
+
+def reply_text(exc: ResponseError) -> str:
+    """Redis's error reply as Redis wrote it: redis-py strips the code ("OOM", "READONLY" ...)
+    off the message of the replies it has a class for, and keeps it as ``status_code``."""
+    message = str(exc)
+    code = getattr(exc, "status_code", None)
+    if code and not message.startswith(f"{code} "):
+        return f"{code} {message}"
+    return message
 
 
 def is_transient(exc: BaseException) -> bool:

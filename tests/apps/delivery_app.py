@@ -7,7 +7,9 @@ client of their own, so a test can see what ran where even after the worker was 
 * ``<prefix>:app:started`` / ``<prefix>:app:finished``: HASH ``i`` -> how often ``slow(i)``
   started / finished;
 * ``<prefix>:app:pids``: SET of the worker pids that ran a ``slow`` or ``whoami`` task;
-* ``<prefix>:app:crashes``: STR how often ``crash`` ran.
+* ``<prefix>:app:crashes``: STR how often ``crash`` ran;
+* ``<prefix>:app:running`` / ``<prefix>:app:max_running``: STR how many ``overlap`` tasks run
+  right now / the most that ever ran at once.
 """
 
 from __future__ import annotations
@@ -66,3 +68,21 @@ async def crash() -> None:
 async def hang() -> None:
     """Never return."""
     await anyio.sleep_forever()
+
+
+_COUNT_UP = """
+local n = redis.call('INCR', KEYS[1])
+if n > tonumber(redis.call('GET', KEYS[2]) or 0) then
+  redis.call('SET', KEYS[2], n)
+end
+return n
+"""
+
+
+@server.task(name="overlap")
+async def overlap(seconds: float) -> None:
+    """Run ``seconds`` while counting how many ``overlap`` tasks run at once."""
+    client = _markers()
+    await client.eval(_COUNT_UP, 2, marker_key("running"), marker_key("max_running"))
+    await anyio.sleep(seconds)
+    await client.decr(marker_key("running"))

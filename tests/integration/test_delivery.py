@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,8 @@ import redis.asyncio as aioredis
 from anyio.abc import Process
 
 from tests.support.redis_procs import RedisProcess
-from tests.support.vecna import eventually, running_worker, tuned, worker_env
+from tests.support.vecna import eventually, running_worker, tuned
+from tests.support.workers import counts, marker, read_log, wait_exit, worker_process
 from vecna_async import (
     BrokerUnavailable,
     Config,
@@ -44,57 +43,10 @@ from vecna_async.messages import TaskMessage, TaskState, encode
 from vecna_async.scripts import script
 from vecna_async.worker.worker import SIGNAL_DEBOUNCE
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.apps.delivery_app:server"
 QUEUE = "vecna_tasks"  # Config's default_queue: the queue the subprocess workers consume
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def worker_process(
-    config: Config, log_path: Path, concurrency: int = 5
-) -> AsyncIterator[Process]:
-    """A ``python -m vecna_async worker`` subprocess; SIGKILLed on exit if still running.
-
-    Its log goes to ``log_path`` and is printed afterwards (pytest shows it on failure).
-    """
-    argv = [sys.executable, "-m", "vecna_async", "worker", APP]
-    argv += ["--concurrency", str(concurrency), "--name", log_path.stem]
-    with log_path.open("ab") as log:
-        proc = await anyio.open_process(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT, env=worker_env(config)
-        )
-    try:
-        yield proc
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await proc.aclose()
-        print(f"--- {log_path.name} (exit {proc.returncode}) ---")
-        print(read_log(log_path))
-
-
-def read_log(path: Path) -> str:
-    return path.read_text(errors="replace")
-
-
-async def wait_exit(proc: Process, timeout: float) -> int:
-    with anyio.fail_after(timeout):
-        return await proc.wait()
-
-
-def marker(config: Config, name: str) -> str:
-    """A marker key written by delivery_app (same naming as ``delivery_app.marker_key``)."""
-    return f"{config.redis.key_prefix}:app:{name}"
-
-
-async def counts(rc: aioredis.Redis, key: str) -> dict[int, int]:
-    raw: dict[Any, Any] = await rc.hgetall(key)
-    return {int(k): int(v) for k, v in raw.items()}
 
 
 def as_bytes(reply: list[Any]) -> list[bytes]:

@@ -66,7 +66,7 @@ class KnownQueues:
             for member, score in stale:
                 queue = text(member)
                 if await self._client.zcard(self._keys.queue(queue).delayed) == 0:
-                    args = [queue, text(int(score))]
+                    args = [queue, repr(float(score))]
                     if await script("queues_forget")(self._client, [self._key], args):
                         forgotten.append(queue)
         return forgotten

@@ -174,13 +174,18 @@ local function make_ready(q, ctx, id, score)
   wake(q, ctx)
 end
 
--- Enqueue one message unless its id is queued already (a resend of the same id is a no-op).
+-- Enqueue one message unless its id is queued already, or (states living here) finished and its
+-- result still kept: an id is an idempotency key, so a resent send (a producer retrying after an
+-- error, a late periodic firing) neither runs twice nor turns SUCCESS back into PENDING.
 -- Returns 0 skipped, 1 ready, 2 delayed, 3 delayed and now the earliest entry of the delayed set.
 -- A canceled id (tombstone) is not enqueued: its state becomes CANCELED instead. `write` ('1'
 -- or '') says whether states live here; PENDING is not stored: current_state derives it.
 local function enqueue(q, ctx, now, id, name, body, priority, due, ignore, reply, write, ttl, seq)
   local rk = q.record .. id
   if redis.call('EXISTS', rk) == 1 then
+    return 0
+  end
+  if write ~= '' and is_final(redis.call('GET', q.state .. id)) then
     return 0
   end
   if canceled(q, ctx, id) then
