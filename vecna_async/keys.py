@@ -31,6 +31,7 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:queues             SET   every queue that ever held a delayed entry (for schedulers)
     vecna:{periodic}:defs    HASH  code -> periodic definition
     vecna:{periodic}:next    ZSET  code -> next fire time (epoch ms)
+    vecna:{periodic}:bad     HASH  code -> a definition no scheduler can fire: raw, reason, when
 
 Channels: ``vecna:reply:<server id>`` (finished results for one Server's waiters) and
 ``vecna:sched`` (an entry was added that is earlier than the scheduler may know about).
@@ -110,6 +111,7 @@ class Keys:
         self.sched_channel = f"{prefix}:sched"
         self.periodic_defs = f"{prefix}:{{periodic}}:defs"
         self.periodic_next = f"{prefix}:{{periodic}}:next"
+        self.periodic_bad = f"{prefix}:{{periodic}}:bad"
         self.periodic_request_prefix = f"{prefix}:{{periodic}}:req:"
 
     def reply_channel(self, server_id: str) -> str:

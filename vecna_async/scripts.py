@@ -26,6 +26,7 @@ SCRIPT_NAMES = (
     "watch",
     "requeue_dead",
     "cancel",
+    "periodic_quarantine",
 )
 
 
