@@ -37,6 +37,7 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
                                    pruned when idle for a day)
     vecna:{periodic}:defs    HASH  code -> periodic definition
     vecna:{periodic}:next    ZSET  code -> next fire time (epoch ms)
+    vecna:{periodic}:bad     HASH  code -> a definition no scheduler can fire: raw, reason, when
 
 Keys of the previous release that are still read: ``vecna:{q}:x:<id>`` (a cancel tombstone) while
 ``vecna:{q}:canceling`` exists (both expire within ``results_expire_in``), and a ``vecna:queues``
@@ -122,6 +123,7 @@ class Keys:
         self.sched_channel = f"{prefix}:sched"
         self.periodic_defs = f"{prefix}:{{periodic}}:defs"
         self.periodic_next = f"{prefix}:{{periodic}}:next"
+        self.periodic_bad = f"{prefix}:{{periodic}}:bad"
         self.periodic_request_prefix = f"{prefix}:{{periodic}}:req:"
 
     def reply_channel(self, server_id: str) -> str:

@@ -133,6 +133,20 @@ CHORD_RESULTS_MARK = "\x00vecna:chord-results\x00"
 """Where a chord callback's body is split for the members' results (``tasks.wire``)."""
 
 
+class QuarantinedPeriodic(msgspec.Struct, frozen=True, kw_only=True):
+    """A periodic definition no scheduler could fire, moved out of the schedule so that the others
+    keep firing; stored as this JSON under its code in ``<prefix>:{periodic}:bad``.
+
+    ``raw`` is the definition exactly as it was stored (base64 in the JSON: it may not even be
+    text), ``reason`` what is wrong with it, ``quarantined_at_ms`` when (Redis's clock, epoch ms).
+    """
+
+    code: str
+    reason: str
+    raw: bytes
+    quarantined_at_ms: int
+
+
 class DeadLetter(msgspec.Struct, frozen=True):
     """A message a worker gave up on, with why. ``body`` is the raw stored message."""
 
@@ -146,6 +160,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
 encode = msgspec.json.Encoder().encode
 task_decoder = msgspec.json.Decoder(TaskMessage)
 periodic_decoder = msgspec.json.Decoder(PeriodicDefinition)
+quarantined_decoder = msgspec.json.Decoder(QuarantinedPeriodic)
 state_decoder = msgspec.json.Decoder(TaskState)
 
 

@@ -406,3 +406,26 @@ async def test_periodic_firing_is_signed(config: Config, rc: aioredis.Redis, mar
             await eventually(lambda: marks.runs("tick"), timeout=10)
             await srv.cancel_periodic_task(code)
         assert await srv.get_broker().get_dead_letters(QUEUE) == []  # the firing verified
+
+
+@pytest.mark.anyio
+async def test_an_unsigned_periodic_definition_is_quarantined_not_fired(
+    config: Config, rc: aioredis.Redis
+) -> None:
+    """A definition written by someone without a key (here: a Server without signing keys)
+    never fires where signing is on; it is moved aside with the reason, and a signed one fires."""
+    keys = ["a-signing-key-long-enough", "the-old-key-also-long-enough"]
+    signed_cfg = msgspec.structs.replace(config, signing_keys=keys)
+    async with Server(config) as unsigned, Server(signed_cfg) as signed:
+        now_s, _ = await rc.time()
+        bad = await unsigned.send_periodic_task("* * * * * *", Signature("echo", args=[1]))
+        good = await signed.send_periodic_task("* * * * * *", Signature("echo", args=[2]))
+        for code in (bad, good):
+            await rc.zadd(signed.keys.periodic_next, {code: int(now_s) * 1000})
+        sched = signed.new_scheduler()
+        await sched.run_once()
+        [entry] = await sched.periodic.quarantined()
+        assert entry.code == bad
+        assert entry.reason.startswith("InvalidSignature"), entry.reason
+        assert sched.periodic.fired == 1
+        assert set(await sched.periodic.definitions()) == {good}

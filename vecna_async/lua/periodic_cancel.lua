@@ -1,4 +1,5 @@
--- Stop a periodic definition: no later tick fires. KEYS: periodic_defs, periodic_next. ARGV: code.
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+-- Stop a periodic definition: no later tick fires; its quarantine record, if any, goes too.
+-- KEYS: periodic_defs, periodic_next, periodic_bad. ARGV: code. Returns 1 if either existed.
+local removed = redis.call('HDEL', KEYS[1], ARGV[1]) + redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-return removed
+return math.min(removed, 1)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from vecna_async.broker.redis import RedisBroker
-from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.redis_errors import is_transient
 from vecna_async.scheduler.periodic import PeriodicStore
 
 if TYPE_CHECKING:
@@ -56,6 +56,11 @@ class Scheduler:
         self._queues_refreshed = 0.0
         self.passes = 0
 
+    @property
+    def periodic(self) -> PeriodicStore:
+        """The periodic definitions this scheduler fires (to list them, or the quarantined ones)."""
+        return self._periodic
+
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._listen)
@@ -67,8 +72,8 @@ class Scheduler:
             try:
                 sleep = await self.run_once()
                 backoff = 0.05
-            except Exception as exc:  # an outage, or a bad definition: keep scheduling the rest
-                if isinstance(exc, BrokerUnavailable):
+            except Exception as exc:  # an outage, or a bug: keep scheduling the rest
+                if is_transient(exc):
                     log.warning("scheduler cannot reach Redis (%s); retry in %.2fs", exc, backoff)
                 else:
                     log.exception("scheduler pass failed; retry in %.2fs", backoff)
@@ -79,9 +84,17 @@ class Scheduler:
 
     async def run_once(self) -> float:
         """Fire due periodic ticks and promote due delayed entries of every queue; returns how
-        long to sleep until the next of either."""
+        long to sleep until the next of either.
+
+        A failure of the periodic part is raised only after the promotion (the loop logs it and
+        backs off): ETA tasks and retries never wait on a periodic definition.
+        """
         self.passes += 1
-        next_tick = await self._periodic.fire_due()
+        periodic_failure: Exception | None = None
+        try:
+            next_tick = await self._periodic.fire_due()
+        except Exception as exc:
+            periodic_failure, next_tick = exc, None
         if time.monotonic() - self._queues_pruned > QUEUE_PRUNE_SECONDS:
             self._queues_pruned = time.monotonic()
             self._queues -= set(await self._broker.queues.prune()) - self._own_queues
@@ -96,6 +109,8 @@ class Scheduler:
                     break
             if r.next_due_ms >= 0:
                 sleep = min(sleep, max(0.0, (r.next_due_ms - r.now_ms) / 1000))
+        if periodic_failure is not None:
+            raise periodic_failure
         return sleep
 
     async def _listen(self) -> None:
