@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vecna_async.config import RedisConfig
 from vecna_async.exceptions import ConfigError
+from vecna_async.failover import FollowingSentinelPool, SentinelWatcher
 
 Kind = Literal["standalone", "unix", "sentinel", "cluster"]
 AnyRedis = Redis | RedisCluster
@@ -163,13 +164,18 @@ def _mask(url: str) -> str:
 
 @dataclass
 class RedisClients:
-    """The pools a Server owns for one Redis: ``main`` and ``blocking`` (see module docstring)."""
+    """The pools a Server owns for one Redis: ``main`` and ``blocking`` (see module docstring),
+    and for a Sentinel URL the ``watcher`` that moves both to a new master at once
+    (``vecna_async.failover``)."""
 
     target: RedisTarget
     main: AnyRedis
     blocking: AnyRedis
+    watcher: SentinelWatcher | None = None
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.close()
         for client in (self.main, self.blocking):
             await client.aclose()
 
@@ -243,19 +249,27 @@ def _blocking_pool(
 def _sentinel_clients(
     target: RedisTarget, cfg: RedisConfig, common: dict[str, Any], block_timeout: float
 ) -> RedisClients:
-    sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": cfg.connect_timeout}
+    # A stalled sentinel must not hang a connect: its replies get the connect timeout too.
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": cfg.connect_timeout,
+        "socket_timeout": cfg.connect_timeout,
+    }
     if cfg.sentinel_password:
         sentinel_kwargs["password"] = cfg.sentinel_password
     if target.tls:
         sentinel_kwargs.update(_tls_kwargs(cfg))
     sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_kwargs, **common)  # type: ignore[no-untyped-call]
+    watcher = SentinelWatcher(target.hosts, target.master_name, sentinel_kwargs)
+    pools: dict[str, Any] = {"connection_pool_class": FollowingSentinelPool, "watcher": watcher}
     main = sentinel.master_for(
-        target.master_name, db=target.db, socket_timeout=cfg.read_timeout, redis_class=Redis
-    )
+        target.master_name, db=target.db, socket_timeout=cfg.read_timeout, redis_class=Redis,
+        **pools,
+    )  # fmt: skip
     blocking = sentinel.master_for(
-        target.master_name, db=target.db, socket_timeout=block_timeout, redis_class=Redis
-    )
-    return RedisClients(target, main, blocking)
+        target.master_name, db=target.db, socket_timeout=block_timeout, redis_class=Redis,
+        **pools,
+    )  # fmt: skip
+    return RedisClients(target, main, blocking, watcher)
 
 
 def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
@@ -286,6 +300,12 @@ class PinnedConnection:
     second caller arriving while a command is in flight, a Redis Cluster, or a pool capped below
     ``PIN_MIN_POOL`` connections (those kept aside could starve the others) takes the ordinary
     pool path, so sharing one is never unsafe, only slower.
+
+    The connection stays in its pool's in-use set, so a Sentinel switch (``failover.py``)
+    disconnects it with the others; the next command reconnects, to the new master. A
+    ``READONLY`` reply from a Sentinel master counts as a dropped connection (redis-py raises
+    ``ConnectionError``), so it is sent once more on a fresh connection, never repeated on the
+    same one.
     """
 
     def __init__(self, client: AnyRedis) -> None:
