@@ -18,21 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import MovedError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vecna_async.config import RedisConfig
 from vecna_async.exceptions import ConfigError
+from vecna_async.failover import FollowingSentinelPool, SentinelWatcher
 
 Kind = Literal["standalone", "unix", "sentinel", "cluster"]
 AnyRedis = Redis | RedisCluster
@@ -163,13 +165,18 @@ def _mask(url: str) -> str:
 
 @dataclass
 class RedisClients:
-    """The pools a Server owns for one Redis: ``main`` and ``blocking`` (see module docstring)."""
+    """The pools a Server owns for one Redis: ``main`` and ``blocking`` (see module docstring),
+    and for a Sentinel URL the ``watcher`` that moves both to a new master at once
+    (``vecna_async.failover``)."""
 
     target: RedisTarget
     main: AnyRedis
     blocking: AnyRedis
+    watcher: SentinelWatcher | None = None
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.close()
         for client in (self.main, self.blocking):
             await client.aclose()
 
@@ -243,19 +250,27 @@ def _blocking_pool(
 def _sentinel_clients(
     target: RedisTarget, cfg: RedisConfig, common: dict[str, Any], block_timeout: float
 ) -> RedisClients:
-    sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": cfg.connect_timeout}
+    # A stalled sentinel must not hang a connect: its replies get the connect timeout too.
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": cfg.connect_timeout,
+        "socket_timeout": cfg.connect_timeout,
+    }
     if cfg.sentinel_password:
         sentinel_kwargs["password"] = cfg.sentinel_password
     if target.tls:
         sentinel_kwargs.update(_tls_kwargs(cfg))
     sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_kwargs, **common)  # type: ignore[no-untyped-call]
+    watcher = SentinelWatcher(target.hosts, target.master_name, sentinel_kwargs)
+    pools: dict[str, Any] = {"connection_pool_class": FollowingSentinelPool, "watcher": watcher}
     main = sentinel.master_for(
-        target.master_name, db=target.db, socket_timeout=cfg.read_timeout, redis_class=Redis
-    )
+        target.master_name, db=target.db, socket_timeout=cfg.read_timeout, redis_class=Redis,
+        **pools,
+    )  # fmt: skip
     blocking = sentinel.master_for(
-        target.master_name, db=target.db, socket_timeout=block_timeout, redis_class=Redis
-    )
-    return RedisClients(target, main, blocking)
+        target.master_name, db=target.db, socket_timeout=block_timeout, redis_class=Redis,
+        **pools,
+    )  # fmt: skip
+    return RedisClients(target, main, blocking, watcher)
 
 
 def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
@@ -286,6 +301,12 @@ class PinnedConnection:
     second caller arriving while a command is in flight, a Redis Cluster, or a pool capped below
     ``PIN_MIN_POOL`` connections (those kept aside could starve the others) takes the ordinary
     pool path, so sharing one is never unsafe, only slower.
+
+    The connection stays in its pool's in-use set, so a Sentinel switch (``failover.py``)
+    disconnects it with the others; the next command reconnects, to the new master. A
+    ``READONLY`` reply from a Sentinel master counts as a dropped connection (redis-py raises
+    ``ConnectionError``), so it is sent once more on a fresh connection, never repeated on the
+    same one. ``execute_many`` sends several commands in one write (a script and its ``WAIT``).
     """
 
     def __init__(self, client: AnyRedis) -> None:
@@ -307,6 +328,44 @@ class PinnedConnection:
         finally:
             self._busy = False
 
+    async def execute_many(self, *commands: tuple[Any, ...], key: str = "") -> list[Any]:
+        """Send ``commands`` back to back on one connection and read every reply: one round
+        trip. An error reply comes back in place as its exception (``ResponseError``), it is
+        not raised. Not pinned (or busy): ``on_one_connection`` on the pool (``key`` routes
+        it on a Cluster)."""
+        if self._busy or not self._pinned:
+            return await on_one_connection(self._client, commands, key=key)
+        self._busy = True
+        try:
+            try:
+                return await self._send_many(commands)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                return await self._send_many(commands)  # a fresh connection, once
+        finally:
+            self._busy = False
+
+    async def _send_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        assert isinstance(self._client, Redis)
+        pool = self._client.connection_pool
+        if self._conn is None:
+            self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = self._conn
+        try:
+            await _write_many(conn, commands)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # read whole: the next reply follows
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+                await pool.release(conn)
+            raise
+
     async def _send(self, *args: Any) -> Any:
         assert isinstance(self._client, Redis)
         pool = self._client.connection_pool
@@ -325,6 +384,11 @@ class PinnedConnection:
                 await conn.disconnect()
                 await pool.release(conn)
             raise
+
+    @property
+    def client(self) -> AnyRedis:
+        """The client (pool) this connection comes from."""
+        return self._client
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -347,6 +411,81 @@ async def _write(conn: Any, args: tuple[Any, ...]) -> None:
     if writer.transport.get_write_buffer_size():
         async with asyncio.timeout(conn.socket_timeout):
             await writer.drain()
+
+
+async def _write_many(conn: Any, commands: Sequence[tuple[Any, ...]]) -> None:
+    """``_write`` for several commands in one write."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None or not conn.is_connected or writer.transport.is_closing():
+        await conn.send_packed_command(conn.pack_commands(commands))
+        return
+    await conn.check_health()
+    writer.write(b"".join(_pack(args) for args in commands))
+    if writer.transport.get_write_buffer_size():
+        async with asyncio.timeout(conn.socket_timeout):
+            await writer.drain()
+
+
+async def on_one_connection(
+    client: AnyRedis, commands: Sequence[tuple[Any, ...]], *, key: str = ""
+) -> list[Any]:
+    """Run ``commands`` on one connection, back to back, and return every reply; an error
+    reply comes back in place as its exception. A ``Redis`` uses a non-transactional pipeline
+    (redis-py retries it whole after a dropped connection); a ``RedisCluster`` the connection
+    of the node that owns ``key`` (one MOVED or connection failure refreshes the slot map
+    and tries once more)."""
+    if isinstance(client, RedisCluster):
+        return await _on_cluster_node(client, commands, key)
+    pipe = client.pipeline(transaction=False)
+    for args in commands:
+        pipe.execute_command(*args)
+    return list(await pipe.execute(raise_on_error=False))
+
+
+async def _on_cluster_node(
+    client: RedisCluster, commands: Sequence[tuple[Any, ...]], key: str
+) -> list[Any]:
+    if not key:
+        raise ValueError("on Redis Cluster, commands on one connection need a key to route by")
+    await client.initialize()
+    for attempt in (1, 2):
+        node = client.get_node_from_key(key)
+        assert node is not None
+        stack = [PipelineCommand(i, *args) for i, args in enumerate(commands)]
+        try:
+            await node.execute_pipeline(stack)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if attempt == 2:
+                raise
+            await client.nodes_manager.initialize()
+            continue
+        replies = [cmd.result for cmd in stack]
+        moved = replies[0] if isinstance(replies[0], MovedError) else None
+        if moved is None or attempt == 2:
+            return replies
+        await client.nodes_manager.move_slot(moved)
+    raise AssertionError("unreachable")
+
+
+def describe_client(client: AnyRedis | PinnedConnection, key: str = "") -> str:
+    """Where ``client``'s commands go (``host:port``, the socket path, or for a Cluster the
+    node that owns ``key``), for error messages."""
+    if isinstance(client, PinnedConnection):
+        client = client.client
+    if isinstance(client, RedisCluster):
+        with contextlib.suppress(Exception):
+            node = client.get_node_from_key(key)
+            if node is not None:
+                return str(node.name)
+        return ",".join(str(node.name) for node in client.get_nodes()) or "a Redis Cluster"
+    pool = client.connection_pool
+    master = getattr(pool, "master_address", None)
+    if master:
+        return f"{master[0]}:{master[1]}"
+    kwargs = pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}"
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:

@@ -2,6 +2,10 @@
 
 Built when a Server is first used (redis.asyncio connects lazily, so building is synchronous) and
 torn down by ``Server.close()``. Workers and schedulers take what they need from here.
+
+Background work: for a Sentinel URL, a ``SentinelWatcher`` per Redis (``vecna_async.failover``)
+follows ``+switch-master``. It starts with the first connection its pools open (no cost per
+command) or with ``start_background()``, and stops in ``close()``.
 """
 
 from __future__ import annotations
@@ -69,7 +73,22 @@ class Runtime:
                 self._checked = warnings
             return self._checked
 
+    def _clients(self) -> list[RedisClients]:
+        if self.separate_backend:
+            return [self.broker_clients, self.backend_clients]
+        return [self.broker_clients]
+
+    async def start_background(self) -> None:
+        """Start the background work now rather than with the first connection: the Sentinel
+        watchers (nothing for other URLs). Idempotent."""
+        for clients in self._clients():
+            if clients.watcher is not None:
+                await clients.watcher.start()
+
     async def close(self) -> None:
+        for clients in self._clients():  # first: a switch must not reconnect closing pools
+            if clients.watcher is not None:
+                await clients.watcher.close()
         await self.listener.close()
         await self.broker.close()
         await self.broker_clients.close()

@@ -929,7 +929,9 @@ class RedisSentinelSet:
         (new,) = seen
         return None if new == old else new
 
-    def failover(self, timeout: float = 30.0, *, kill: bool = True) -> tuple[str, int]:
+    def failover(
+        self, timeout: float = 30.0, *, kill: bool = True, demote_old: bool = True
+    ) -> tuple[str, int]:
         """Fail the master over to the replica and return the new master address.
 
         ``kill=True`` (default) SIGKILLs the master -- an unplanned outage detected by the
@@ -937,6 +939,7 @@ class RedisSentinelSet:
         ``SENTINEL FAILOVER`` (planned switch; the old master keeps running and this helper
         turns it into a replica of the new one with ``REPLICAOF`` right away -- left alone,
         sentinel does that only ~10 s later, and until then both report ``role:master``).
+        ``demote_old=False`` leaves that to sentinel, for tests of that window.
         Waits until every running sentinel reports the new address and the new
         master reports ``role:master``; then swaps :attr:`master` and :attr:`replica`.
         """
@@ -961,7 +964,7 @@ class RedisSentinelSet:
         self._master, self._replica = self._replica, self._master
         self._master.replicaof = None
         self._replica.replicaof = self._master.address
-        if self._replica.running:
+        if self._replica.running and demote_old:
             # Sentinel would demote the still-running old master only after it has seen it
             # claim role:master for ~8 s plus a 10 s INFO period; do it now instead.
             with _quick_client(**self._replica.connection_kwargs()) as probe:
