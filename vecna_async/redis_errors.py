@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vecna_async.exceptions import BrokerError, BrokerRefused, BrokerUnavailable
@@ -33,6 +33,9 @@ def redis_errors(where: str, doing: str = "") -> Iterator[None]:
         raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
     except ResponseError as exc:
         raise BrokerRefused(where, reply_text(exc), doing) from exc
+    except ClusterError as exc:  # redis-py gave up after a run of TRYAGAIN / ASK / MOVED replies
+        reply = f"TRYAGAIN the cluster is resharding or failing over (redis-py: {exc})"
+        raise BrokerRefused(where, reply, doing) from exc
     except RedisError as exc:
         what = f" {doing}" if doing else ""
         raise BrokerError(f"Redis at {where} failed{what}: {exc}") from exc

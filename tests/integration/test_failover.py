@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -442,3 +443,47 @@ async def test_wait_on_cluster_runs_on_the_key_owner(cluster: RedisClusterSet) -
                     assert direct.get(key) == node_name.encode()
     finally:
         await client.aclose()
+
+
+# -- wait_replicas in sends and settles ------------------------------------------------------------
+
+
+async def test_wait_replicas_makes_sends_and_settles_wait_for_a_replica(
+    redis_config: RedisConfig,
+) -> None:
+    """With wait_replicas=1 a send returns only once a replica has it, and raises (transient
+    NOREPLICAS, naming the counts) when none acknowledges; a worker's outcomes wait until a
+    replica is back and are then stored, each once."""
+    with RedisProcess() as master, RedisProcess(replicaof=master.address) as replica:
+
+        def linked() -> bool:
+            info = replica.client().info("replication")
+            return bool(info.get("master_link_status") == "up")
+
+        wait_until(linked, timeout=20, what="the replica to sync")
+        cfg = Config(
+            broker=master.url,
+            results_expire_in=600,
+            redis=msgspec.structs.replace(redis_config, wait_replicas=1, wait_timeout=0.3),
+        )
+        async with Server(cfg) as srv:
+            srv.register_task("add", add)
+            r = await srv.send_task(Signature("add", args=[1, 2]))
+            # the replica has the message the moment the send returned
+            key = srv.keys.queue(QUEUE).record(r.task_id)
+            assert replica.client().exists(key) == 1
+            async with running_worker(srv, 4):
+                assert await r.get(timeout=10) == 3
+                replica.pause()  # acknowledges nothing now
+                try:
+                    with pytest.raises(BrokerRefused) as info:
+                        await srv.send_task(Signature("add", args=[2, 2]))
+                    assert info.value.transient
+                    assert info.value.reply.startswith("NOREPLICAS 0 of 1")
+                finally:
+                    replica.resume()
+                later = await srv.send_task(Signature("add", args=[3, 3]))
+                assert await later.get(timeout=15) == 6
+            state = replica.client().get(srv.keys.queue(QUEUE).state(later.task_id))
+            assert state is not None
+            assert b"SUCCESS" in state

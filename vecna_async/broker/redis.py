@@ -108,6 +108,7 @@ class RedisBroker:
         self._resend_window = int((r.retries + 2) * (r.read_timeout + 0.5)) + 1
         self._ttl = config.results_expire_in
         self._lease_ms = int(r.lease_timeout * 1000)
+        self._wait = (r.wait_replicas, r.wait_timeout) if r.wait_replicas else None
         # The most the queue's lease clock moves in one step (see lua/_lib.lua lease_clock):
         # half of what a heartbeat leaves on a lease, so a live worker's leases outlast any gap.
         self._max_step_ms = max(1, int((r.lease_timeout - r.heartbeat_interval) * 500))
@@ -124,15 +125,25 @@ class RedisBroker:
         return self._keys.queue(queue)
 
     async def _script(
-        self, name: str, queue: str, args: list[Any], via: PinnedConnection | None = None
+        self,
+        name: str,
+        queue: str,
+        args: list[Any],
+        via: PinnedConnection | None = None,
+        *,
+        durable: bool = True,
     ) -> Any:
         """Run a queue script: KEYS is one key of the queue (Cluster routes on it), ARGV starts
         with the queue's packed keys and the scheduler channel. ``via`` a pinned connection
-        for the hot paths (claim, settle, send)."""
+        for the hot paths (claim, settle, send). ``durable``: with ``wait_replicas`` set, the
+        call counts as done only once that many replicas have its writes (else BrokerRefused
+        NOREPLICAS, transient: a send raises it, a claim's messages are not run and come back
+        after their lease, a settle is sent again)."""
         packed = self._keys.packed_queue(queue)
         argv = [packed, self._keys.sched_channel, *args]
+        wait = self._wait if durable else None
         with redis_errors(self.where, name):
-            return await script(name)(via or self._main, [self._q(queue).ready], argv)
+            return await script(name)(via or self._main, [self._q(queue).ready], argv, wait)
 
     # -- sending ----------------------------------------------------------------------------
     async def publish(
@@ -235,7 +246,8 @@ class RedisBroker:
         args: list[Any] = [self._lease_ms, self._max_step_ms]
         for task_id, token in leases:
             args += [task_id, token]
-        lost = await self._script("heartbeat", queue, args)
+        # not durable: a renewal lost in a failover costs at most one heartbeat interval
+        lost = await self._script("heartbeat", queue, args, durable=False)
         return [text(x) for x in lost]
 
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
@@ -244,7 +256,9 @@ class RedisBroker:
         return popped is not None
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:
-        moved, now, nxt = await self._script("promote", queue, [limit, self._flag, self._ttl])
+        # not durable: a promotion lost in a failover is made again by the next pass
+        args = [limit, self._flag, self._ttl]
+        moved, now, nxt = await self._script("promote", queue, args, durable=False)
         return Promoted(int(moved), int(now), int(nxt))
 
     # -- canceling and dead letters ---------------------------------------------------------
