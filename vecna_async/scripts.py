@@ -20,8 +20,9 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from vecna_async.connection import AnyRedis, PinnedConnection, describe_client, on_one_connection
+from vecna_async.connection import AnyRedis
 from vecna_async.exceptions import BrokerRefused
+from vecna_async.pinned import PinnedConnection, describe_client, on_one_connection
 
 
 class Script:

@@ -36,8 +36,8 @@ from tests.support.redis_procs import (
 )
 from tests.support.vecna import eventually, running_worker
 from vecna_async import AsyncResult, BrokerRefused, Config, RedisConfig, Server, Signature
-from vecna_async.connection import PIN_MIN_POOL, PinnedConnection
 from vecna_async.failover import SWITCH_CHANNEL, SentinelWatcher
+from vecna_async.pinned import PIN_MIN_POOL, PinnedConnection
 from vecna_async.scripts import Script
 
 pytestmark = pytest.mark.anyio

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from tests.support.vecna import running_worker, tuned
 from vecna_async import Config, Server, Signature
-from vecna_async.connection import PIN_MIN_POOL, PinnedConnection
+from vecna_async.pinned import PIN_MIN_POOL, PinnedConnection
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import Connection
 
-from vecna_async.connection import _pack
+from vecna_async.pinned import _pack
 
 CASES: list[tuple[Any, ...]] = [
     ("PING",),

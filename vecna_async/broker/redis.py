@@ -30,9 +30,10 @@ from vecna_async.broker.coalesce import Coalescer
 from vecna_async.broker.listing import Listing
 from vecna_async.broker.queues import KnownQueues
 from vecna_async.config import Config
-from vecna_async.connection import PinnedConnection, RedisClients, raw, text
+from vecna_async.connection import RedisClients, raw, text
 from vecna_async.keys import Keys, QueueKeys
 from vecna_async.messages import DeadLetter, State, TaskState, encode
+from vecna_async.pinned import PinnedConnection
 from vecna_async.redis_errors import redis_errors
 from vecna_async.scripts import script
 from vecna_async.tasks.signature import Signature
