@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -160,12 +161,13 @@ class Workers:
                 self.faults.append(Fault("SIGKILL (self)", p.pid, at, at))
 
     def unexpected_exits(self) -> list[str]:
-        """Workers that exited although nobody killed or stopped them, with their log's tail."""
+        """Workers that exited although nobody killed or stopped them, with the exception that
+        ended them (the last line of their log naming one)."""
         out = []
         for p in self.procs:
             code = p.popen.poll()
             if code is not None and not p.expected_exit:
-                out.append(f"{p.name} (pid {p.pid}) exited with {code}:\n{tail(p.log, 25)}")
+                out.append(f"{p.name} (pid {p.pid}) exited with {code}: {last_error(p.log)}")
         return out
 
     async def stop_all(self, timeout: float = 15.0) -> None:
@@ -202,11 +204,26 @@ class Workers:
                 print("\n".join(noisy[-15:]))
 
 
-def tail(path: Path, lines: int) -> str:
+_EXCEPTION_LINE = re.compile(r"^[\s|+]*((?:[\w.]+\.)?\w*(?:Error|Exception|Group)\b.*)$")
+
+
+def last_error(path: Path) -> str:
+    """The last line of a log that names an exception (its type and message), and the worker
+    part it escaped from (the last ``vecna_async/worker`` or ``scheduler`` frame above it)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return "(no log)"
+    for i in range(len(lines) - 1, -1, -1):
+        found = _EXCEPTION_LINE.match(lines[i])
+        if found and not found.group(1).startswith("ExceptionGroup"):
+            where = [
+                re.sub(r'^File ".*?(vecna_async/[^"]+)", line (\d+), in (\w+)', r"\1:\2 \3", x)
+                for x in (line.strip(" |+") for line in lines[:i])
+                if x.startswith("File") and ("/worker/" in x or "/scheduler/" in x)
+            ]
+            return found.group(1) + (f" (escaped from {where[-1]})" if where else "")
+    return "\n".join(lines[-5:]) or "(empty log)"
 
 
 async def kill_storm(
@@ -469,10 +486,16 @@ async def final_states(checker: Server, ids: Iterable[str]) -> dict[str, TaskSta
 
 
 async def wait_until_final(
-    checker: Server, ids: Iterable[str], ledger: Ledger, *, stall: float = 20.0
+    checker: Server,
+    ids: Iterable[str],
+    ledger: Ledger,
+    *,
+    stall: float = 20.0,
+    workers: Workers | None = None,
 ) -> dict[str, TaskState | None]:
     """Wait until every id has a final state, as long as the ledger or the states show progress
-    at least every ``stall`` seconds; returns the last states read (the caller judges them)."""
+    at least every ``stall`` seconds (and some of ``workers`` live); returns the last states
+    read (the caller judges them)."""
     remaining = set(ids)
     states: dict[str, TaskState | None] = {}
     last_progress = time.monotonic()
@@ -492,6 +515,8 @@ async def wait_until_final(
                 return states
         if time.monotonic() - last_progress > stall:
             return states
+        if workers is not None and not workers.alive():
+            return await final_states(checker, set(ids))  # nobody left to make progress
         await anyio.sleep(0.25)
 
 
@@ -577,6 +602,7 @@ async def account(
     states: dict[str, TaskState | None] | None = None,
     notes: Sequence[str] = (),
     failures: Sequence[str] = (),
+    accepted_at: dict[str, int] | None = None,
 ) -> Report:
     """The scenario's report: ``expect(id, state)`` says whether a task ended as it should
     (default: SUCCESS); the others are lost. ``states`` skips reading them again."""
@@ -612,6 +638,21 @@ async def account(
         report.notes.append(
             f"lost: {len(never_ran)} never ran; the others ran but their state is "
             + str(Counter(_state_name(states.get(i)) for i in lost if i in records))
+        )
+    vanished = [i for i in lost if states.get(i) is None and accepted_at and i in accepted_at]
+    if vanished and accepted_at is not None:
+        # no message, no state: Redis lost the accepted send itself
+        when = sorted(accepted_at[i] for i in vanished)
+        around = ", ".join(
+            f"{f.kind} at {f.start_ms}: {(when[0] - f.start_ms) / 1000:+.2f}s.."
+            f"{(when[-1] - f.start_ms) / 1000:+.2f}s"
+            for f in faults
+            if f.pid is None
+        )
+        ran = sum(1 for i in vanished if i in records)
+        report.notes.append(
+            f"{len(vanished)} accepted send(s) left no trace in Redis (no message, no state; "
+            f"{ran} of them had run), accepted {around or f'from {when[0]} to {when[-1]}'}"
         )
     path = report.save()
     REPORTS.append(report)
@@ -656,6 +697,7 @@ class Chaos:
     ledger: Ledger
     began: float
     notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # problems beyond lost and duplicated
 
     async def account(self, accepted: Iterable[str], **kwargs: Any) -> Report:
         self.workers.note_self_kills()
@@ -672,7 +714,8 @@ class Chaos:
             lease_timeout=self.config.redis.lease_timeout,
             began=self.began,
             notes=notes,
-            failures=self.workers.unexpected_exits(),
+            failures=[*self.failures, *self.workers.unexpected_exits()],
+            accepted_at=self.producer.accepted,
             **kwargs,
         )
 
