@@ -43,6 +43,7 @@ from typing import Any
 import anyio
 import msgspec
 import redis.asyncio as aioredis
+from anyio.abc import TaskGroup
 
 from tests.support.vecna import worker_env
 from vecna_async import Config, RedisConfig, Server, Signature, State, TaskState
@@ -117,6 +118,7 @@ class Workers:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
         self.faults: list[Fault] = []
+        self.crashed: list[Proc] = []
         self._seq = 0
 
     def start(self, concurrency: int, *extra: str, role: str = "worker") -> Proc:
@@ -152,23 +154,30 @@ class Workers:
         proc.popen.send_signal(signal.SIGCONT)
         self.faults.append(Fault("SIGSTOP", proc.pid, paused_at, now_ms()))
 
-    def note_self_kills(self) -> None:
-        """Record workers that died of SIGKILL by themselves (a task that kills its process)."""
+    def note_exits(self) -> None:
+        """Record workers that died by themselves since the last call: of SIGKILL (a task that
+        kills its process: an expected fault) or otherwise (a crash: a fault, and a failure of
+        the scenario, see :meth:`unexpected_exits`)."""
         for p in self.procs:
-            if not p.expected_exit and p.popen.poll() == -signal.SIGKILL:
+            code = p.popen.poll()
+            if code is None or p.expected_exit or p in self.crashed:
+                continue
+            at = now_ms()
+            if code == -signal.SIGKILL:
                 p.expected_exit = True
-                at = now_ms()
                 self.faults.append(Fault("SIGKILL (self)", p.pid, at, at))
+            else:
+                self.crashed.append(p)
+                self.faults.append(Fault("worker crash", p.pid, at, at))
 
     def unexpected_exits(self) -> list[str]:
         """Workers that exited although nobody killed or stopped them, with the exception that
         ended them (the last line of their log naming one)."""
-        out = []
-        for p in self.procs:
-            code = p.popen.poll()
-            if code is not None and not p.expected_exit:
-                out.append(f"{p.name} (pid {p.pid}) exited with {code}: {last_error(p.log)}")
-        return out
+        self.note_exits()
+        return [
+            f"{p.name} (pid {p.pid}) exited with {p.popen.returncode}: {last_error(p.log)}"
+            for p in self.crashed
+        ]
 
     async def stop_all(self, timeout: float = 15.0) -> None:
         """SIGTERM every live worker and wait for it to drain and exit (SIGKILL at the deadline)."""
@@ -486,16 +495,10 @@ async def final_states(checker: Server, ids: Iterable[str]) -> dict[str, TaskSta
 
 
 async def wait_until_final(
-    checker: Server,
-    ids: Iterable[str],
-    ledger: Ledger,
-    *,
-    stall: float = 20.0,
-    workers: Workers | None = None,
+    checker: Server, ids: Iterable[str], ledger: Ledger, *, stall: float = 20.0
 ) -> dict[str, TaskState | None]:
     """Wait until every id has a final state, as long as the ledger or the states show progress
-    at least every ``stall`` seconds (and some of ``workers`` live); returns the last states
-    read (the caller judges them)."""
+    at least every ``stall`` seconds; returns the last states read (the caller judges them)."""
     remaining = set(ids)
     states: dict[str, TaskState | None] = {}
     last_progress = time.monotonic()
@@ -515,8 +518,6 @@ async def wait_until_final(
                 return states
         if time.monotonic() - last_progress > stall:
             return states
-        if workers is not None and not workers.alive():
-            return await final_states(checker, set(ids))  # nobody left to make progress
         await anyio.sleep(0.25)
 
 
@@ -696,11 +697,24 @@ class Chaos:
     producer: Producer
     ledger: Ledger
     began: float
+    background: TaskGroup
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # problems beyond lost and duplicated
+    stopping: anyio.Event = field(default_factory=anyio.Event)
+
+    def supervise(self, n: int, concurrency: int, *extra: str) -> None:
+        """Start ``n`` workers and keep ``n`` alive until the scenario ends, as ``--processes``
+        would: one that dies is recorded (a crash still fails the scenario) and replaced."""
+        for _ in range(n):
+            self.workers.start(concurrency, *extra)
+
+        def start() -> Proc:
+            return self.workers.start(concurrency, *extra)
+
+        self.background.start_soon(keep_alive, self.workers, n, start, self.stopping)
 
     async def account(self, accepted: Iterable[str], **kwargs: Any) -> Report:
-        self.workers.note_self_kills()
+        self.workers.note_exits()
         notes = list(self.notes)
         if self.producer.errors:
             kinds = Counter(type(e).__name__ for _, _, e in self.producer.errors)
@@ -764,9 +778,22 @@ async def scenario(
             if checker_broker is not None:
                 direct = msgspec.structs.replace(config, broker=checker_broker)
                 checker = await stack.enter_async_context(Server(direct))
-            yield Chaos(
-                name, config, workers, server, checker, Producer(server, checker), ledger, began
+            background = await stack.enter_async_context(anyio.create_task_group())
+            chaos = Chaos(
+                name,
+                config,
+                workers,
+                server,
+                checker,
+                Producer(server, checker),
+                ledger,
+                began,
+                background,
             )
+            try:
+                yield chaos
+            finally:
+                chaos.stopping.set()
     finally:
         workers.close()
 
@@ -774,10 +801,10 @@ async def scenario(
 async def keep_alive(
     workers: Workers, n: int, start: Callable[[], Proc], stop: anyio.Event
 ) -> None:
-    """A supervisor: whenever fewer than ``n`` workers live, record the dead (killed by their
-    own task) and start new ones, until ``stop``."""
+    """A supervisor (like ``--processes N``): whenever fewer than ``n`` workers live, record the
+    dead (see :meth:`Workers.note_exits`) and start new ones, until ``stop``."""
     while not stop.is_set():
-        workers.note_self_kills()
+        workers.note_exits()
         for _ in range(n - len(workers.alive())):
             start()
         with anyio.move_on_after(0.1):

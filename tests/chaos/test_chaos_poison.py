@@ -18,7 +18,6 @@ import redis.asyncio as aioredis
 from tests.chaos.harness import (
     QUEUE,
     Ledger,
-    keep_alive,
     scenario,
     signature,
     wait_until_final,
@@ -71,44 +70,41 @@ async def test_poison_messages_are_dead_lettered_and_the_rest_flows(
         garbage = f"garbage-{os.urandom(6).hex()}"
         v99 = f"v99-{os.urandom(6).hex()}"
         killer = signature("suicide", prefix="killer")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(keep_alive, c.workers, 2, lambda: c.workers.start(10), stop)
-            await c.producer.send([signature("quick", i, 0.2, prefix="q0") for i in range(50)])
-            await write_raw_message(rc, c.server, binary, b"\x00\xff\xfe not a message \x81", 0)
-            await c.server.get_broker().publish(
-                [
-                    Outgoing(QUEUE, garbage, "quick", b"GARBAGE {not json", 0, 0, False, reply),
-                    Outgoing(QUEUE, v99, "quick", future_version_body(v99), 0, 0, False, reply),
-                ]
+        c.supervise(2, 10)
+        await c.producer.send([signature("quick", i, 0.2, prefix="q0") for i in range(50)])
+        await write_raw_message(rc, c.server, binary, b"\x00\xff\xfe not a message \x81", 0)
+        await c.server.get_broker().publish(
+            [
+                Outgoing(QUEUE, garbage, "quick", b"GARBAGE {not json", 0, 0, False, reply),
+                Outgoing(QUEUE, v99, "quick", future_version_body(v99), 0, 0, False, reply),
+            ]
+        )
+        poison = {binary, garbage, v99, str(killer.id)}
+
+        def all_dead(ids: set[str]) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                dead = await c.server.get_broker().get_dead_letters(QUEUE)
+                return {d.task_id for d in dead} >= ids
+
+            return check
+
+        try:
+            # the undecodable ones first: a worker the killer takes down before it settled
+            # their dead-lettering would deliver them again, and a third time would make
+            # their reason "delivered 3 times" instead of what is wrong with them
+            await eventually(all_dead({binary, garbage, v99}), timeout=30)
+            await c.producer.send([killer])
+            await c.producer.stream(
+                lambda i: signature("quick", i, 0.2, prefix="q"), rate=100, stop=stop, limit=600
             )
-            poison = {binary, garbage, v99, str(killer.id)}
-
-            def all_dead(ids: set[str]) -> Callable[[], Awaitable[bool]]:
-                async def check() -> bool:
-                    dead = await c.server.get_broker().get_dead_letters(QUEUE)
-                    return {d.task_id for d in dead} >= ids
-
-                return check
-
-            try:
-                # the undecodable ones first: a worker the killer takes down before it settled
-                # their dead-lettering would deliver them again, and a third time would make
-                # their reason "delivered 3 times" instead of what is wrong with them
-                await eventually(all_dead({binary, garbage, v99}), timeout=30)
-                await c.producer.send([killer])
-                await c.producer.stream(
-                    lambda i: signature("quick", i, 0.2, prefix="q"), rate=100, stop=stop, limit=600
-                )
-                await eventually(all_dead(poison), timeout=60)
-            finally:
-                states = await wait_until_final(
-                    c.checker, [*c.producer.accepted, *poison], c.ledger
-                )
-                stop.set()
+            await eventually(all_dead(poison), timeout=60)
+        finally:
+            states = await wait_until_final(c.checker, [*c.producer.accepted, *poison], c.ledger)
+            stop.set()
         dead = {d.task_id: d for d in await c.server.get_broker().get_dead_letters(QUEUE)}
         await rc.aclose()
         records = await c.ledger.run_records()
-        c.workers.note_self_kills()
+        c.workers.note_exits()
         killed = {f.pid for f in c.workers.faults if f.kind == "SIGKILL (self)"}
         # A task claimed together with the killer (it is reaped and claimed again beside it) can
         # die with it every time and reach max_deliveries too: it is dead-lettered, not lost, as

@@ -53,16 +53,10 @@ async def flowing_again(c: Chaos, more: int, timeout: float = 30) -> None:
     go on: the accounting then says what was lost (and which worker died) instead of a
     timeout saying nothing."""
     before = await c.ledger.ended_ids()
-
-    async def flowing_or_no_worker_left() -> bool:
-        return await c.ledger.ended_ids() > before + more or not c.workers.alive()
-
     try:
-        await eventually(flowing_or_no_worker_left, timeout=timeout)
+        await ended_more_than(c, before + more, timeout)
     except AssertionError:
         c.notes.append(f"the load did not flow again within {timeout:g}s after the fault")
-    if not c.workers.alive():
-        c.notes.append("no worker left alive after the fault")
 
 
 @pytest.mark.timeout(240)
@@ -85,8 +79,7 @@ async def test_redis_kill_9_and_restart_from_aof(
         async with scenario(
             "redis-kill-9", ledger, log_dir, ledger_proc.url, broker=broker.url
         ) as c:
-            for _ in range(3):
-                c.workers.start(20)
+            c.supervise(3, 20)
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
 
@@ -105,9 +98,7 @@ async def test_redis_kill_9_and_restart_from_aof(
                 await flowing_again(c, 300)
                 stop.set()
             accepted_before_kill = [i for i, at in c.producer.accepted.items() if at < killed_at]
-            states = await wait_until_final(
-                c.checker, c.producer.accepted, c.ledger, workers=c.workers
-            )
+            states = await wait_until_final(c.checker, c.producer.accepted, c.ledger)
             report = await c.account(c.producer.accepted, states=states, faults=[outage])
     report.assert_delivered()
     assert accepted_before_kill
@@ -162,9 +153,7 @@ async def test_connections_cut_around_script_calls(
                     c.workers.start(20)
                 stop = anyio.Event()
                 await c.producer.stream(quick, rate=100, stop=stop, batch=5, limit=1500)
-                states = await wait_until_final(
-                    c.checker, c.producer.accepted, c.ledger, workers=c.workers
-                )
+                states = await wait_until_final(c.checker, c.producer.accepted, c.ledger)
                 proxy.rules = []
                 await c.workers.stop_all()
             cuts = {name: [r.cuts for r in pair] for name, pair in rules.items()}
@@ -191,8 +180,7 @@ async def test_script_flush_and_maxmemory(
     async with scenario(
         "script-flush-maxmemory", ledger, log_dir, ledger_proc.url, broker=broker_proc.url
     ) as c:
-        for _ in range(2):
-            c.workers.start(20)
+        c.supervise(2, 20)
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
 
@@ -225,7 +213,7 @@ async def test_script_flush_and_maxmemory(
             oom = Fault("maxmemory", None, limited_at, lifted_at + lease_ms)
             await flowing_again(c, 200)
             stop.set()
-        states = await wait_until_final(c.checker, c.producer.accepted, c.ledger, workers=c.workers)
+        states = await wait_until_final(c.checker, c.producer.accepted, c.ledger)
         unclear = [e for _, _, e in c.producer.errors if not _is_oom_refusal(e)]
         if unclear:
             c.failures.append(
@@ -263,8 +251,7 @@ async def test_sentinel_failover_under_load(
     async with scenario(
         name, ledger, log_dir, ledger_proc.url, broker=sentinel_set.url, wait_replicas=1
     ) as c:
-        for _ in range(2):
-            c.workers.start(20)
+        c.supervise(2, 20)
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
 
@@ -283,7 +270,7 @@ async def test_sentinel_failover_under_load(
             failover = Fault("failover", None, started_at, ready_at + lease_ms)
             await flowing_again(c, 100)
             stop.set()
-        states = await wait_until_final(c.checker, c.producer.accepted, c.ledger, workers=c.workers)
+        states = await wait_until_final(c.checker, c.producer.accepted, c.ledger)
         c.notes.append(f"failover took {(ready_at - started_at) / 1000:.1f}s")
         report = await c.account(c.producer.accepted, states=states, faults=[failover])
     report.assert_delivered()
