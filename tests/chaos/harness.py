@@ -7,7 +7,8 @@ send, the ledger of runs, and the accounting that turns them into one line per s
 * :class:`Producer` sends tasks and keeps the ids of the sends that were **accepted**: the call
   returned, or it raised (Redis down, refused, cut off) and reading the task's state afterwards
   shows the message arrived anyway. A send that raised and did not arrive is sent again with the
-  same ``Signature`` (same id) until it is accepted.
+  same ``Signature`` (same id) until it is accepted (or, with ``resend_blindly``, every send that
+  raised is sent again and only a call that returns accepts it).
 * :class:`Ledger` reads what ``tests/apps/chaos_app.py`` recorded: which process ran which task
   id when, from start to return.
 * :class:`StateWatch` subscribes to the producer's reply channel, where the worker publishes each
@@ -266,11 +267,17 @@ class Producer:
 
     ``checker`` reads states to resolve a send that raised (it may be the same Server, or one
     connected to Redis directly when ``server`` goes through a fault proxy).
+
+    ``resend_blindly``: send again every send that raised, without looking whether it arrived,
+    and accept a send only when a call returns. With ``wait_replicas`` a send raises when no
+    replica took it in time although the master has it; sending the same id again is then what
+    confirms it is durable (the resend of a waiting id enqueues nothing and waits again).
     """
 
     def __init__(self, server: Server, checker: Server | None = None) -> None:
         self.server = server
         self.checker = checker or server
+        self.resend_blindly = False
         self.accepted: dict[str, int] = {}  # id -> when accepted (epoch ms)
         self.errors: list[tuple[int, str, BaseException]] = []  # (when, task id, exception)
         self.resent: Counter[str] = Counter()
@@ -290,7 +297,8 @@ class Producer:
                     raise
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
-                todo = await self._not_arrived(todo, deadline)
+                if not self.resend_blindly:
+                    todo = await self._not_arrived(todo, deadline)
                 for s in todo:
                     self.resent[str(s.id)] += 1
                 continue

@@ -246,12 +246,16 @@ async def test_sentinel_failover_under_load(
 ) -> None:
     """50 tasks/s on two workers through Sentinel, ``wait_replicas=1``; the master fails over
     (``SENTINEL FAILOVER``, or SIGKILL and the sentinels notice; then the old master comes back
-    as a replica). Every accepted send runs and every result is stored."""
+    as a replica). Every accepted send runs and every result is stored.
+
+    A send that raises is sent again with the same id until a call returns: with
+    ``wait_replicas`` the returning call is the one that says a replica has the message."""
     name = "sentinel-failover-" + ("unplanned" if kill else "planned")
     async with scenario(
         name, ledger, log_dir, ledger_proc.url, broker=sentinel_set.url, wait_replicas=1
     ) as c:
         c.supervise(2, 20)
+        c.producer.resend_blindly = True
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
 
