@@ -7,7 +7,7 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "none"
-nox.options.sessions = ["lint", "typing", "tests"]
+nox.options.sessions = ["lint", "typing", "tests", "chaos"]
 
 
 @nox.session
@@ -23,7 +23,15 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "--ignore=tests/chaos", *session.posargs)
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """Fault-injection scenarios (tests/chaos, ~5 min): SIGKILL storms, SIGSTOP, Redis kill -9,
+    cut connections, poison messages, cron and chords under kills, SCRIPT FLUSH and maxmemory,
+    Sentinel failovers. Prints one line per scenario; details in tests/chaos/.results/."""
+    session.run("pytest", "tests/chaos", *session.posargs)
 
 
 @nox.session
