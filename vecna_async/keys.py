@@ -31,6 +31,11 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:{q}:g:<group id>   HASH  chord member index -> its results (q: the callback's queue);
                                    no expiry until the chord fires or fails
     vecna:{q}:g:<gid>:fired  STR   set once when the chord callback was sent (or "failed")
+    vecna:{q}:limit:c:<name> ZSET  ids of that task leased right now (its concurrency_limit)
+    vecna:{q}:limit:r:<name> ZSET  starts of that task in its rate window -> when (epoch ms)
+    vecna:{q}:held:<name>    ZSET  ids of that task held back by its limit, with their order score
+    vecna:{q}:held_due       ZSET  task name -> when its held messages may be tried again
+    vecna:{q}:limit_specs    HASH  task name -> its limits as the last held message stated them
     vecna:{q}:probe:a|b      (never written) a two-key probe every script makes before writing:
                                    it fails while the slot migrates between Cluster nodes
     vecna:queues             ZSET  queue -> when a delayed entry was last added (for schedulers;
@@ -95,6 +100,10 @@ class QueueKeys(NamedTuple):
     probe_b: str
     legacy_tombstone_prefix: str
     legacy_canceling: str
+    limit_prefix: str
+    held_prefix: str
+    held_due: str
+    limit_specs: str
     watchers_prefix: str
 
     def record(self, task_id: str) -> str:
@@ -162,6 +171,10 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         probe_b=base + "probe:b",
         legacy_tombstone_prefix=base + "x:",
         legacy_canceling=base + "canceling",
+        limit_prefix=base + "limit:",
+        held_prefix=base + "held:",
+        held_due=base + "held_due",
+        limit_specs=base + "limit_specs",
         watchers_prefix=base + "w:",
     )
 

@@ -74,6 +74,8 @@ class TaskMessage(
     code: str = ""
     spec: str = ""
     reply_to: str = ""
+    concurrency_limit: int = 0
+    rate_limit: str = ""
     chord_args: int = -1
     sig: str = ""  # keep last (see above)
 

@@ -86,3 +86,13 @@ async def overlap(seconds: float) -> None:
     await client.eval(_COUNT_UP, 2, marker_key("running"), marker_key("max_running"))
     await anyio.sleep(seconds)
     await client.decr(marker_key("running"))
+
+
+@server.task(name="limited", concurrency_limit=1)
+async def limited(i: int, seconds: float) -> int:
+    """At most one at a time across every worker. Records its starts like ``slow``; sleeps
+    ``seconds`` on its first start only (a redelivery after a crash returns at once)."""
+    client = _markers()
+    if await client.hincrby(marker_key("limited_started"), str(i), 1) == 1:
+        await anyio.sleep(seconds)
+    return i

@@ -31,12 +31,16 @@ class Listing:
         self._where = where
 
     async def pending(self, queue: str) -> list[Signature]:
-        """Waiting tasks (ready, then parked), in the order they will be served."""
+        """Waiting tasks: ready (in the order they will be served), then parked (no worker knew
+        the task), then held back by their task's limits."""
         q = self._keys.queue(queue)
         with redis_errors(self._where, "listing pending tasks"):
             out = await self._signatures_of(q, q.ready)
             for name in sorted(await self._client.smembers(q.parked)):
                 out += await self._signatures_of(q, q.parked_prefix + text(name))
+            held: list[Any] = await self._client.zrange(q.held_due, 0, -1)
+            for name in sorted(text(n) for n in held):
+                out += await self._signatures_of(q, q.held_prefix + name)
         return out
 
     async def delayed(self, queue: str) -> list[Signature]:

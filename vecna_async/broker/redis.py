@@ -64,7 +64,7 @@ def _message_args(m: Outgoing, write: str) -> list[Any]:
     """A message as the Lua ``enqueue`` takes it (lua/_lib.lua); ``write`` is "1" when the
     states live on this Redis."""
     return [
-        m.id, m.name, m.body, m.priority, m.due_ms, int(m.ignore_unregistered), m.reply_to, write,
+        m.id, m.name, m.body, m.priority, m.due_ms, m.flags, m.reply_to, write,
     ]  # fmt: skip
 
 
@@ -80,7 +80,7 @@ def _chord_args(
     return [
         "S", chord.group_key, chord.fired_key, chord.index, chord.count, chord.results,
         qi(m.queue), m.id, m.name, chord.body_prefix, chord.body_suffix, m.priority, m.due_ms,
-        int(m.ignore_unregistered), m.reply_to, "1" if write_states else "",
+        m.flags, m.reply_to, "1" if write_states else "",
     ]  # fmt: skip
 
 

@@ -12,7 +12,7 @@ local function now_ms()
 end
 
 -- A queue's keys and name, from one msgpack array (keys.QueueKeys: the keys in QueueKeys
--- order, then the queue's name). One argument instead of 20 saves redis-py packing them per call;
+-- order, then the queue's name). One argument instead of 24 saves redis-py packing them per call;
 -- KEYS carries just one of them, so Redis Cluster routes the call to the queue's slot.
 local function queue_from(packed)
   local list = cmsgpack.unpack(packed)
@@ -22,8 +22,10 @@ local function queue_from(packed)
     parked = list[9], parked_prefix = list[10], request = list[11],
     tombstones = list[12], chord = list[13], dead_pending = list[14],
     clock = list[15], probe_a = list[16], probe_b = list[17],
-    legacy_tombstone = list[18], legacy_canceling = list[19], watchers = list[20],
-    name = list[21],
+    legacy_tombstone = list[18], legacy_canceling = list[19],
+    limit = list[20], held = list[21], held_due = list[22], limit_specs = list[23],
+    watchers = list[24],
+    name = list[25],
   }
 end
 
@@ -168,6 +170,87 @@ local function store_state(q, pubs, id, state, reply, ttl)
   note_reply(pubs, reply, id, state)
 end
 
+-- Limits across all workers (a task's concurrency_limit and rate_limit), kept in the record's
+-- 'l' field as "c=<n>;r=<count>/<period ms>" (either part optional). They are enforced here, where
+-- messages are claimed: a message over its limit is held aside (its task's held set, in order)
+-- instead of claimed, so it never holds up other tasks; it goes back to ready when a delivery of
+-- its task ends (concurrency) or when its rate window has room again (held_due, checked by every
+-- claim), and is checked again then.
+local function parse_limits(l)
+  local c = tonumber(string.match(l, 'c=(%d+)'))
+  local count, period = string.match(l, 'r=(%d+)/(%d+)')
+  return c, tonumber(count), tonumber(period)
+end
+
+-- Whether a delivery of `name` may start now; if so it is counted (the caller leases it).
+-- Otherwise returns false and, for a rate limit, when there will be room (epoch ms).
+local function limits_take(q, name, l, id, token, now)
+  local c, count, period = parse_limits(l)
+  local ck, rk = q.limit .. 'c:' .. name, q.limit .. 'r:' .. name
+  if c and redis.call('ZCARD', ck) >= c then
+    return false, nil
+  end
+  if count then
+    redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - period)
+    if redis.call('ZCARD', rk) >= count then
+      local oldest = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
+      return false, tonumber(oldest[2]) + period
+    end
+    redis.call('ZADD', rk, now, token)
+    redis.call('PEXPIRE', rk, period)
+  end
+  if c then
+    redis.call('ZADD', ck, 0, id)
+  end
+  return true, nil
+end
+
+-- Hold a message back for its limit; `retry_at` (epoch ms) when a rate window frees up, else a
+-- lease period from now (a safety net: a delivery's end releases held messages at once).
+local function limits_hold(q, name, l, id, score, retry_at)
+  redis.call('ZADD', q.held .. name, score, id)
+  redis.call('HSET', q.limit_specs, name, l)
+  redis.call('ZADD', q.held_due, 'LT', retry_at, name)
+end
+
+-- Held messages of `name` go back to ready: as many as its limits may let start (the claim
+-- checks each again), at most 100 at a time.
+local function limits_release(q, name, ctx_or_nil)
+  local hk = q.held .. name
+  local l = redis.call('HGET', q.limit_specs, name) or ''
+  local c, count = parse_limits(l)
+  local room = 100
+  if c then
+    room = math.min(room, c - redis.call('ZCARD', q.limit .. 'c:' .. name))
+  end
+  if count then
+    room = math.min(room, count)
+  end
+  if room <= 0 then
+    return
+  end
+  local items = redis.call('ZPOPMIN', hk, room)
+  for i = 1, #items, 2 do
+    redis.call('ZADD', q.ready, items[i + 1], items[i])
+  end
+  if #items > 0 then
+    wake(q, ctx_or_nil)
+  end
+  if redis.call('EXISTS', hk) == 0 then
+    redis.call('ZREM', q.held_due, name)
+  end
+end
+
+-- A delivery of a limited task ended (settled, released, reaped): its concurrency share is free.
+local function limits_end(q, id, name, l)
+  if l and name and string.find(l, 'c=', 1, true) then
+    redis.call('ZREM', q.limit .. 'c:' .. name, id)
+    if redis.call('EXISTS', q.held .. name) == 1 then
+      limits_release(q, name)
+    end
+  end
+end
+
 -- A message is ready: into the ready set, with a wake-up for an idle worker.
 local function make_ready(q, ctx, id, score)
   redis.call('ZADD', q.ready, score, id)
@@ -196,7 +279,13 @@ local function enqueue(q, ctx, now, id, name, body, priority, due, ignore, reply
     return 0
   end
   local score = (seq or redis.call('INCR', q.seq)) - tonumber(priority) * PRIORITY_WEIGHT
+  -- `ignore` is the flag ('0'/'1'), followed by the task's limits if it has any
+  local limits = string.sub(ignore, 2)
+  ignore = string.sub(ignore, 1, 1)
   redis.call('HSET', rk, 'b', body, 'n', name, 'p', score, 'd', 0, 'i', ignore, 'r', reply)
+  if limits ~= '' then
+    redis.call('HSET', rk, 'l', limits)
+  end
   due = tonumber(due)
   if due > now then
     redis.call('ZADD', q.delayed, due, id)
@@ -238,8 +327,9 @@ local function reap_expired(q, now, lease_now, limit, max_deliveries, ttl, pubs,
   for _, id in ipairs(expired) do
     redis.call('ZREM', q.leases, id)
     local rk = q.record .. id
-    local r = redis.call('HMGET', rk, 'd', 'p')
+    local r = redis.call('HMGET', rk, 'd', 'p', 'n', 'l')
     if r[2] then
+      limits_end(q, id, r[3], r[4])
       local d = tonumber(r[1] or 0)
       if d >= max_deliveries then
         local reason = 'delivered ' .. d .. ' times and every lease expired without an ack'

@@ -74,6 +74,7 @@ for i = 5, #ARGV do
       redis.call('ZREM', q.delayed, id)
       redis.call('ZREM', q.ready, id)
       redis.call('ZREM', q.parked_prefix .. r[1], id)
+      redis.call('ZREM', q.held .. r[1], id)
       redis.call('DEL', rk)
       redis.call('ZADD', q.tombstones, now + ttl * 1000, id)
       forget_followers(r[3], r[1])

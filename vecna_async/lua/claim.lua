@@ -82,6 +82,15 @@ if excess > 0 then
   drop_dead(redis.call('ZRANGE', q.dead, 0, math.min(excess, 100) - 1))
 end
 
+-- Tasks held back by their limits whose time to try again has come (a rate window moved on, or
+-- the safety net for a concurrency limit): back to ready, as many as may start.
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', q.held_due, '-inf', now, 'LIMIT', 0, 20)) do
+  limits_release(q, name)
+  if redis.call('EXISTS', q.held .. name) == 1 then
+    redis.call('ZADD', q.held_due, now + lease_ms, name) -- still full: look again later
+  end
+end
+
 if redis.call('SCARD', q.parked) > 0 then
   for _, name in ipairs(redis.call('SMEMBERS', q.parked)) do
     if known[name] then
@@ -112,7 +121,7 @@ while #leases / 2 < max_n and rounds < 8 do
   for i = 1, #popped, 2 do
     local id, score = popped[i], popped[i + 1]
     local rk = q.record .. id
-    local r = redis.call('HMGET', rk, 'n', 'b', 'i', 'r', 'd')
+    local r = redis.call('HMGET', rk, 'n', 'b', 'i', 'r', 'd', 'l')
     local name = r[1]
     if name and canceled(q, ctx, id) then
       -- canceled while it waited (a cancel racing with promotion): it never runs
@@ -122,9 +131,15 @@ while #leases / 2 < max_n and rounds < 8 do
       end
       settle_tombstone(q, id, now, ttl)
     elseif name then
-      if known[name] or r[3] == '1' then
+      local token = nonce .. '.' .. (#leases / 2 + 1)
+      local allowed, retry_at = true, nil
+      if r[6] and known[name] then
+        allowed, retry_at = limits_take(q, name, r[6], id, token, now)
+      end
+      if not allowed then
+        limits_hold(q, name, r[6], id, score, retry_at or (now + lease_ms))
+      elseif known[name] or r[3] == '1' then
         local d = tonumber(r[5] or 0) + 1
-        local token = nonce .. '.' .. (#leases / 2 + 1)
         redis.call('HSET', rk, 'd', d, 'o', token)
         leases[#leases + 1] = deadline
         leases[#leases + 1] = id

@@ -59,8 +59,15 @@ local function ctx_of(qi)
   return contexts[qi]
 end
 
-local function owned(rk, token)
-  return redis.call('HGET', rk, 'o') == token
+-- Whether `token` still owns the message; if so, the delivery ends here (its concurrency share
+-- under a limit is free again).
+local function owned(id, rk, token)
+  local r = redis.call('HMGET', rk, 'o', 'n', 'l')
+  if r[1] ~= token then
+    return false
+  end
+  limits_end(q, id, r[2], r[3])
+  return true
 end
 
 local function enqueue_at(qi, a)
@@ -158,10 +165,11 @@ while i <= #A do
     local state = A[i + 3]
     local a = i + 4
     i = after_end(a)
-    local r = redis.call('HMGET', rk, 'o', 'r')
+    local r = redis.call('HMGET', rk, 'o', 'r', 'n', 'l')
     if r[1] == token then
       redis.call('DEL', rk)
       acked[#acked + 1] = id
+      limits_end(q, id, r[3], r[4])
       if write_states then
         store_state(q, pubs, id, state, r[2], ttl)
       end
@@ -185,7 +193,7 @@ while i <= #A do
   elseif kind == 'R' then
     local state, body, due = A[i + 3], A[i + 4], now + tonumber(A[i + 5])
     i = i + 6
-    if owned(rk, token) then
+    if owned(id, rk, token) then
       redis.call('HDEL', rk, 'o')
       redis.call('HSET', rk, 'b', body, 'd', 0)
       redis.call('ZREM', q.leases, id)
@@ -207,7 +215,7 @@ while i <= #A do
   elseif kind == 'X' then
     local reason, state = A[i + 3], A[i + 4]
     i = i + 5
-    if owned(rk, token) then
+    if owned(id, rk, token) then
       redis.call('ZREM', q.leases, id)
       dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
     else
@@ -215,7 +223,7 @@ while i <= #A do
     end
   elseif kind == 'L' then
     i = i + 3
-    if owned(rk, token) then
+    if owned(id, rk, token) then
       redis.call('HDEL', rk, 'o')
       redis.call('HINCRBY', rk, 'd', -1)
       redis.call('ZREM', q.leases, id)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from vecna_async.tasks.args import check_type_name
+from vecna_async.tasks.limits import check_concurrency_limit, parse_rate_limit
 
 
 @dataclasses.dataclass(slots=True)
@@ -44,6 +45,9 @@ class Signature:
     task's results prepended to their args unless this signature is ``immutable``; ``on_error``
     callbacks get the error string first. ``routing_key`` names the queue (default: the Server's
     ``default_queue``); a higher ``priority`` is served first within a queue.
+    ``concurrency_limit`` (at most that many of this task running at once across all workers of
+    the queue; 0: no limit) and ``rate_limit`` (``"100/s"``, ``/m``, ``/h``: at most that many
+    starts per period) are usually given once, as options of ``@server.task``.
     """
 
     name: str
@@ -62,6 +66,8 @@ class Signature:
     id: str | None = None
     code: str | None = None
     _: dataclasses.KW_ONLY
+    concurrency_limit: int = 0
+    rate_limit: str = ""
     group_id: str = ""
     group_task_count: int = 0
     chord_callback: Signature | None = None
@@ -72,6 +78,9 @@ class Signature:
             raise ValueError("Signature needs a task name")
         if self.retry_count < 0 or self.retry_timeout < 0:
             raise ValueError("retry_count and retry_timeout must be >= 0")
+        check_concurrency_limit(self.concurrency_limit)
+        if self.rate_limit:
+            parse_rate_limit(self.rate_limit)
 
     def copy(self) -> Signature:
         """A deep copy (callbacks included), with ``id`` and ``code`` kept."""

@@ -20,6 +20,7 @@ from vecna_async.exceptions import MessageTooLarge
 from vecna_async.keys import check_name
 from vecna_async.messages import CHORD_RESULTS_MARK, State, TaskMessage, TaskState, encode
 from vecna_async.signing import Signer, signed_body
+from vecna_async.tasks.limits import limits_spec
 from vecna_async.tasks.signature import Arg, Signature
 from vecna_async.tasks.workflows import Chain, Chord
 
@@ -43,6 +44,13 @@ class Outgoing:
     due_ms: int
     ignore_unregistered: bool
     reply_to: str
+    limits: str = ""
+
+    @property
+    def flags(self) -> str:
+        """What the enqueue script stores as the record's 'i' and 'l' fields: the
+        ignore-if-unregistered flag, then the limits (``tasks.limits``) if any."""
+        return f"{int(self.ignore_unregistered)}{self.limits}"
 
     @property
     def pending_state(self) -> bytes:
@@ -101,6 +109,8 @@ def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessa
         ignore_when_task_not_registered=sig.ignore_when_task_not_registered,
         code=sig.code,
         spec=sig.spec,
+        concurrency_limit=sig.concurrency_limit,
+        rate_limit=sig.rate_limit,
         reply_to=reply_to,
     )
 
@@ -159,6 +169,9 @@ def outgoing(msg: TaskMessage, max_bytes: int, signer: Signer | None = None) -> 
         due_ms=due,
         ignore_unregistered=msg.ignore_when_task_not_registered,
         reply_to=msg.reply_to,
+        limits=limits_spec(msg.concurrency_limit, msg.rate_limit)
+        if msg.concurrency_limit or msg.rate_limit
+        else "",
     )
 
 
@@ -220,4 +233,6 @@ def to_signature(msg: TaskMessage) -> Signature:
         group_task_count=msg.group_task_count,
         chord_callback=to_signature(msg.chord_callback) if msg.chord_callback else None,
         spec=msg.spec,
+        concurrency_limit=msg.concurrency_limit,
+        rate_limit=msg.rate_limit,
     )
