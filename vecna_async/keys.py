@@ -48,8 +48,9 @@ Keys of the previous release that are still read: ``vecna:{q}:x:<id>`` (a cancel
 ``vecna:{q}:canceling`` exists (both expire within ``results_expire_in``), and a ``vecna:queues``
 SET (converted to the ZSET on first use).
 
-Channels: ``vecna:reply:<server id>`` (finished results for one Server's waiters) and
-``vecna:sched`` (an entry was added that is earlier than the scheduler may know about).
+Channels: ``vecna:reply:<server id>`` (finished results for one Server's waiters),
+``vecna:sched`` (an entry was added that is earlier than the scheduler may know about) and
+``vecna:cancel`` ("<queue> <id>": a running task was canceled; its worker stops it).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class Keys:
         self.prefix = prefix
         self.queues = f"{prefix}:queues"
         self.sched_channel = f"{prefix}:sched"
+        self.cancel_channel = f"{prefix}:cancel"
         self.periodic_defs = f"{prefix}:{{periodic}}:defs"
         self.periodic_next = f"{prefix}:{{periodic}}:next"
         self.periodic_bad = f"{prefix}:{{periodic}}:bad"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from vecna_async.backend.redis import RedisBackend, RedisBrokerStates
-from vecna_async.backend.results import ResultListener, ResultSource
+from vecna_async.backend.results import Canceler, ResultListener, ResultSource
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
 from vecna_async.connection import RedisClients, open_clients, parse_url
@@ -96,6 +96,16 @@ class Runtime:
             await self.backend_clients.close()
 
 
+def cancel_running(broker: RedisBroker) -> Canceler:
+    """``Server.cancel_task``: cancel one task, queued, delayed or running."""
+
+    async def cancel(queue: str, task_id: str) -> bool:
+        (canceled,) = await broker.cancel(queue, [task_id], running=True)
+        return canceled
+
+    return cancel
+
+
 def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
     r = config.redis
     broker_target = parse_url(config.broker, field_name="broker", master_name=r.master_name)
@@ -128,7 +138,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         broker=broker,
         backend=backend,
         listener=listener,
-        results=ResultSource(backend, listener, broker_states),
+        results=ResultSource(backend, listener, broker_states, cancel=cancel_running(broker)),
         periodic=PeriodicStore(broker_clients.main, keys, broker, r.max_message_bytes, signer),
         separate_backend=separate,
         cluster=broker_target.kind == "cluster",

@@ -206,6 +206,19 @@ class Server:
         """An AsyncResult for a task id sent elsewhere (queue defaults to ``default_queue``)."""
         return AsyncResult(self._runtime().results, task_id, queue or self.config.default_queue)
 
+    # -- canceling -------------------------------------------------------------------------------
+    async def cancel_task(self, task_id: str, queue: str | None = None) -> bool:
+        """Cancel a task by id, whatever it is doing: a queued or delayed task never runs; a
+        running one is stopped in its worker at once (an ``async def`` task is cancelled at its
+        next ``await``; a plain ``def`` task running in a thread is abandoned: its slot is freed
+        and its result dropped, the thread runs on to its end). Its state becomes CANCELED, and
+        so do the states of what would have followed it (callbacks, later chain links, its
+        chord's callback). True if it will not finish on its own; False if it had finished
+        (or was dead-lettered). ``queue``: the task's queue (default ``default_queue``)."""
+        cancel = self._runtime().results.cancel
+        assert cancel is not None
+        return await cancel(queue or self.config.default_queue, task_id)
+
     # -- canceling delayed tasks ---------------------------------------------------------------
     async def _cancel(self, sigs: Iterable[Signature]) -> bool:
         by_queue: dict[str, list[str]] = {}

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -176,17 +177,26 @@ class ResultListener:
             self._pubsub = None
 
 
+Canceler = Callable[[str, str], Awaitable[bool]]
+"""Cancels a task (queue, id), running or not: ``Server.cancel_task``."""
+
+
 class ResultSource:
     """What an AsyncResult reads from: the backend and the Server's listener, and with a
     separate backend the broker's state read (``broker_states``), which tells RECEIVED (and
     PENDING) from the message record: the backend stores neither."""
 
     def __init__(
-        self, backend: Backend, listener: ResultListener, broker_states: BrokerStates | None = None
+        self,
+        backend: Backend,
+        listener: ResultListener,
+        broker_states: BrokerStates | None = None,
+        cancel: Canceler | None = None,
     ) -> None:
         self.backend = backend
         self.listener = listener
         self.broker_states = broker_states
+        self.cancel = cancel
 
     async def get_state(self, queue: str, task_id: str) -> TaskState | None:
         state = await self.backend.get_state(queue, task_id)
@@ -232,6 +242,14 @@ class AsyncResult(Generic[T]):
     async def get_state(self) -> TaskState | None:
         """The current TaskState, or None if none is stored (unknown id, or expired)."""
         return await self._source.get_state(self.queue, self.task_id)
+
+    async def cancel(self) -> bool:
+        """Cancel this task (same as ``server.cancel_task(r.task_id)``): a queued or delayed task
+        never runs; a running one is stopped in its worker. True if it will not finish on its
+        own (it had not finished)."""
+        if self._source.cancel is None:
+            raise RuntimeError("this AsyncResult was not made by a Server: it cannot cancel")
+        return await self._source.cancel(self.queue, self.task_id)
 
     async def get(self, timeout: float | None = None) -> T:
         """Wait for the task and return its value (a tuple if it returned several).

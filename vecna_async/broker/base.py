@@ -170,5 +170,8 @@ class Broker(Protocol):
     async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Delete dead letters (all when ``ids`` is None) for good; returns how many."""
 
-    async def cancel(self, queue: str, task_ids: Sequence[str]) -> list[bool]:
-        """Cancel tasks that have not started; True per id that will never run."""
+    async def cancel(
+        self, queue: str, task_ids: Sequence[str], *, running: bool = False
+    ) -> list[bool]:
+        """Cancel tasks that have not started (and with ``running``, those running now: their
+        worker stops them); True per id that will not finish on its own."""

@@ -263,19 +263,27 @@ class RedisBroker:
         return Promoted(int(moved), int(now), int(nxt))
 
     # -- canceling and dead letters ---------------------------------------------------------
-    async def cancel(self, queue: str, task_ids: Sequence[str]) -> list[bool]:
+    async def cancel(
+        self, queue: str, task_ids: Sequence[str], *, running: bool = False
+    ) -> list[bool]:
+        """Cancel tasks; True per id that will not finish on its own. ``running``: a task a
+        worker runs right now is canceled too (its worker is told to stop it); else only
+        tasks that have not started are."""
         if self._store is not None:
-            return await self._cancel_with_store(queue, task_ids, self._store)
-        flags = await self._script("cancel", queue, [self._flag, self._ttl, *task_ids])
+            return await self._cancel_with_store(queue, task_ids, self._store, running)
+        flags = await self._script("cancel", queue, self._cancel_args(running, task_ids))
         return [bool(f) for f in flags]
 
+    def _cancel_args(self, running: bool, task_ids: Sequence[str]) -> list[Any]:
+        return [self._flag, self._ttl, int(running), self._keys.cancel_channel, *task_ids]
+
     async def _cancel_with_store(
-        self, queue: str, task_ids: Sequence[str], store: Backend
+        self, queue: str, task_ids: Sequence[str], store: Backend, running: bool
     ) -> list[bool]:
         """Cancel with states on another Redis: a finished task (seen there) is left alone."""
         states = {i: await store.get_state(queue, i) for i in task_ids}
         open_ids = [i for i, st in states.items() if not (st and st.is_completed())]
-        reply = await self._script("cancel", queue, [self._flag, self._ttl, *open_ids])
+        reply = await self._script("cancel", queue, self._cancel_args(running, open_ids))
         flags = dict(zip(open_ids, reply, strict=True))
         writes = []
         for i in open_ids:

@@ -70,6 +70,20 @@ local function owned(id, rk, token)
   return true
 end
 
+-- A delivery that owned its message ends while the task was canceled meanwhile (cancel.lua left
+-- a tombstone and stored CANCELED): whatever it reports, the message is done with, nothing
+-- follows from it, and its token is returned as "canceled:<token>" (a separate backend's worker
+-- then stores nothing over the CANCELED state).
+local function ended_canceled(id, rk, token)
+  if not canceled(q, ctx_of(0), id) then
+    return false
+  end
+  redis.call('DEL', rk)
+  redis.call('ZREM', q.leases, id)
+  lost[#lost + 1] = 'canceled:' .. token
+  return true
+end
+
 local function enqueue_at(qi, a)
   local due = A[a + 4]
   if enqueue(queues[qi], ctx_of(qi), now, A[a], A[a + 1], A[a + 2], A[a + 3], due,
@@ -166,7 +180,9 @@ while i <= #A do
     local a = i + 4
     i = after_end(a)
     local r = redis.call('HMGET', rk, 'o', 'r', 'n', 'l')
-    if r[1] == token then
+    if r[1] == token and ended_canceled(id, rk, token) then
+      limits_end(q, id, r[3], r[4])
+    elseif r[1] == token then
       redis.call('DEL', rk)
       acked[#acked + 1] = id
       limits_end(q, id, r[3], r[4])
@@ -193,7 +209,9 @@ while i <= #A do
   elseif kind == 'R' then
     local state, body, due = A[i + 3], A[i + 4], now + tonumber(A[i + 5])
     i = i + 6
-    if owned(id, rk, token) then
+    if not owned(id, rk, token) then
+      lost[#lost + 1] = token
+    elseif not ended_canceled(id, rk, token) then
       redis.call('HDEL', rk, 'o')
       redis.call('HSET', rk, 'b', body, 'd', 0)
       redis.call('ZREM', q.leases, id)
@@ -209,28 +227,26 @@ while i <= #A do
         redis.call('ZADD', q.ready, redis.call('HGET', rk, 'p'), id)
         wake(q)
       end
-    else
-      lost[#lost + 1] = token
     end
   elseif kind == 'X' then
     local reason, state = A[i + 3], A[i + 4]
     i = i + 5
-    if owned(id, rk, token) then
+    if not owned(id, rk, token) then
+      lost[#lost + 1] = token
+    elseif not ended_canceled(id, rk, token) then
       redis.call('ZREM', q.leases, id)
       dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
-    else
-      lost[#lost + 1] = token
     end
   elseif kind == 'L' then
     i = i + 3
-    if owned(id, rk, token) then
+    if not owned(id, rk, token) then
+      lost[#lost + 1] = token
+    elseif not ended_canceled(id, rk, token) then
       redis.call('HDEL', rk, 'o')
       redis.call('HINCRBY', rk, 'd', -1)
       redis.call('ZREM', q.leases, id)
       redis.call('ZADD', q.ready, redis.call('HGET', rk, 'p'), id)
       wake(q)
-    else
-      lost[#lost + 1] = token
     end
   else
     return redis.error_reply('settle: unknown entry kind ' .. tostring(kind) .. ' at entry field ' .. i)

@@ -95,9 +95,14 @@ class Executor:
         self._max_result_bytes = max_result_bytes
         self._signer = signer
         self.error_handler: ErrorHandler | None = None
+        self.canceled: Callable[[Claimed], bool] = lambda c: False
+        """Whether the task was canceled before this delivery started (then it is not run)."""
 
     async def run(self, c: Claimed) -> None:
         """Run one message; whatever happens, its outcome reaches the flusher."""
+        if self.canceled(c):
+            self._flusher.release(c)  # the settle takes it as canceled
+            return
         try:
             await self._run(c)
         except Exception:  # a bug here must not strand the message under a renewed lease
@@ -189,7 +194,10 @@ class Executor:
         args, kwargs = entry.arg_spec.convert(msg.name, args, msg.kwargs)
         if entry.is_async:
             return await entry.fn(*args, **kwargs)
-        return await anyio.to_thread.run_sync(functools.partial(entry.fn, *args, **kwargs))
+        # A thread cannot be interrupted: a cancel (or a stopping worker) abandons it, freeing
+        # the slot at once while the function runs on to its end in the background.
+        call = functools.partial(entry.fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     def _retry(
         self, c: Claimed, msg: TaskMessage, exc: BaseException, delay_ms: int, *, counts: bool

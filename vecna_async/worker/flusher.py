@@ -179,18 +179,29 @@ class Flusher:
 
     async def _send(self, queue: str, unsent: _Unsent) -> None:
         batch = unsent.batch
-        lost = await self._broker.settle(batch) if len(batch) else []
+        reply = await self._broker.settle(batch) if len(batch) else []
+        lost: set[str] = set()
+        canceled: set[str] = set()
+        for entry in reply:  # "<token>", or "canceled:<token>" (see lua/settle.lua)
+            kind, _, token = entry.rpartition(":")
+            (canceled if kind == "canceled" else lost).add(token)
         if self._store is not None:
-            dropped = set(lost)
+            dropped = lost | canceled
             await self._store.store(
                 [w for token, ws in unsent.writes.items() if token not in dropped for w in ws]
             )
-        lost_runs = [t for t in lost if t in {d.token for d in batch.done}]
+        lost_runs = [d.token for d in batch.done if d.token in lost]
         if lost_runs:
             log.warning(
                 "%d outcome(s) in queue %r were not applied: the lease had expired and the "
                 "message was delivered again",
                 len(lost_runs),
+                queue,
+            )
+        if canceled:
+            log.info(
+                "%d task(s) in queue %r were canceled while they ran: their outcome is dropped",
+                len(canceled),
                 queue,
             )
         self._on_settled(batch.tokens())

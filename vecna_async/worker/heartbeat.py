@@ -57,6 +57,11 @@ class InFlight:
                 stopped += 1
         return stopped
 
+    def stop_task(self, queue: str, task_id: str) -> int:
+        """Cancel the runs of every delivery of this task held here (it was canceled)."""
+        tokens = [t for t, c in self.by_token.items() if c.id == task_id and c.queue == queue]
+        return self.stop(tokens)
+
     async def wait_empty(self) -> None:
         await self._empty.wait()
 

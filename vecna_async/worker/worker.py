@@ -1,8 +1,9 @@
 """The worker's lifecycle: start its parts, run until asked to stop, then stop without losing work.
 
 Parts (each its own module): the Consumer claims messages for free slots, the Executor runs each,
-the Flusher settles outcomes in batches, the Heartbeat renews leases, and (unless disabled) a
-Scheduler promotes due delayed entries. Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
+the Flusher settles outcomes in batches, the Heartbeat renews leases, the CancelListener stops
+runs of tasks canceled while running, and (unless disabled) a Scheduler promotes due delayed
+entries. Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
 ``launch()``): claim nothing more, let running tasks finish for up to ``Config.shutdown_grace``
 seconds, then cancel the rest and hand their messages back to the queue at once, so no message
 waits for a lease to expire. A second signal (half a second after the first or later) skips
@@ -21,6 +22,7 @@ import anyio
 
 from vecna_async.broker.queues import QUEUE_REMEMBER_SECONDS
 from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.worker.cancels import CancelListener
 from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
@@ -99,6 +101,8 @@ class Worker:
             executor.error_handler = lambda sig, exc: (
                 self._error_handler(sig, exc) if self._error_handler else None
             )
+            cancels = CancelListener(rt.broker_clients.main, rt.keys.cancel_channel, in_flight)
+            executor.canceled = cancels.canceled
             r = rt.config.redis
             consumer = Consumer(
                 rt.broker,
@@ -126,6 +130,7 @@ class Worker:
                 services.start_soon(flusher.run)
                 services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
                 services.start_soon(self._keep_queue_known, rt.broker)
+                services.start_soon(cancels.run)
                 if self.run_scheduler:
                     services.start_soon(server.new_scheduler([self.queue]).run)
                 if threading.current_thread() is threading.main_thread():

@@ -1,0 +1,74 @@
+"""Stops the runs of tasks canceled while running (``server.cancel_task``).
+
+The cancel script marks the task canceled in Redis and publishes ``"<queue> <id>"`` on the
+cancel channel; every worker listens on one pub/sub connection and stops its runs of that task
+at once (pushed, not polled). A stopped run hands its message back, and the settle takes it as
+canceled. A notice can arrive before the claim reply that hands this worker the task (the
+cancel came between the claim in Redis and the reply): notices are kept for ``RECENT_SECONDS``
+and a delivery noticed as canceled is not run at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from vecna_async.broker.base import Claimed
+from vecna_async.worker.heartbeat import InFlight
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+    from vecna_async.connection import AnyRedis
+
+log = logging.getLogger("vecna_async.worker")
+RECENT_SECONDS = 60.0
+
+
+class CancelListener:
+    """One worker's subscription to the cancel channel."""
+
+    def __init__(self, client: AnyRedis, channel: str, in_flight: InFlight) -> None:
+        self._client = client
+        self._channel = channel
+        self._in_flight = in_flight
+        self._recent: dict[tuple[str, str], float] = {}
+
+    def canceled(self, c: Claimed) -> bool:
+        """Whether a notice for this delivery's task came before the delivery started."""
+        return (c.queue, c.id) in self._recent
+
+    def _noted(self, queue: str, task_id: str) -> None:
+        now = time.monotonic()
+        self._recent[(queue, task_id)] = now
+        for key, at in list(self._recent.items()):
+            if now - at > RECENT_SECONDS:
+                del self._recent[key]
+        stopped = self._in_flight.stop_task(queue, task_id)
+        if stopped:
+            log.info("task %s in %r was canceled: stopping it", task_id, queue)
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub: PubSub | None = None
+            try:
+                pubsub = self._client.pubsub()
+                await pubsub.subscribe(self._channel)
+                backoff = 0.1
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if msg and msg.get("type") == "message":
+                        queue, _, task_id = msg["data"].decode().partition(" ")
+                        self._noted(queue, task_id)
+            except Exception as exc:  # redis-py resubscribes on a new connection
+                log.warning("cancel notices: subscription lost (%s); resubscribing", exc)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if pubsub is not None:
+                    with anyio.CancelScope(shield=True):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
