@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
@@ -312,13 +312,21 @@ class Server:
         name: str = "",
         concurrency: int = 0,
         *,
+        queues: Sequence[str] | None = None,
         queue: str | None = None,
         scheduler: bool = True,
     ) -> Worker:
-        """A worker for ``queue`` (default: ``default_queue``); ``concurrency`` 0 = unlimited.
-        ``scheduler=False`` leaves delayed/periodic promotion to other processes."""
+        """A worker for ``queues`` (default: ``default_queue``), served in strict order: the
+        first queue is drained before a slot goes to the next. ``queue=`` names a single one.
+        ``concurrency`` 0 = unlimited. ``scheduler=False`` leaves delayed/periodic promotion to
+        other processes."""
+        if queues is not None and queue is not None:
+            raise TypeError("new_worker: give queues=[...] or queue=..., not both")
+        names = list(queues) if queues is not None else [queue or self.config.default_queue]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"new_worker: queues must be distinct and not empty, got {names}")
         worker_name = name or f"worker-{uuid.uuid4().hex[:8]}"
-        return Worker(self, worker_name, concurrency, queue or self.config.default_queue, scheduler)
+        return Worker(self, worker_name, concurrency, names, scheduler)
 
     def new_scheduler(self, queues: Iterable[str] = ()) -> Scheduler:
         rt = self._runtime()

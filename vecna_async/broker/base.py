@@ -146,8 +146,8 @@ class Broker(Protocol):
     async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
         """Renew leases (id, token); returns the tokens whose lease was lost."""
 
-    async def wait_for_work(self, queue: str, timeout: float) -> bool:
-        """Block until there may be work in ``queue`` (a wake-up, a hint only: True) or
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until there may be work in one of ``queues`` (a wake-up, a hint only: True) or
         ``timeout`` passes (False)."""
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:

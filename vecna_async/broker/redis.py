@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import msgspec
 import msgspec.msgpack
+from redis.asyncio.cluster import RedisCluster
 
 from vecna_async.backend.base import Backend, StateWrite
 from vecna_async.broker.base import (
@@ -121,6 +123,8 @@ class RedisBroker:
         self._claim_conn = PinnedConnection(clients.main)
         self._settle_conn = PinnedConnection(clients.main)
         self._wait_conn = PinnedConnection(clients.blocking)  # the consumer's idle wait
+        self._blocking = clients.blocking
+        self._cluster = isinstance(clients.main, RedisCluster)
 
     def _q(self, queue: str) -> QueueKeys:
         return self._keys.queue(queue)
@@ -251,10 +255,29 @@ class RedisBroker:
         lost = await self._script("heartbeat", queue, args, durable=False)
         return [text(x) for x in lost]
 
-    async def wait_for_work(self, queue: str, timeout: float) -> bool:
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        wakes = [self._q(queue).wake for queue in queues]
         with redis_errors(self.where, "waiting for work"):
-            popped = await self._wait_conn.execute("BLPOP", self._q(queue).wake, timeout)
-        return popped is not None
+            if len(wakes) == 1 or not self._cluster:
+                popped = await self._wait_conn.execute("BLPOP", *wakes, timeout)
+                return popped is not None
+            return await self._wait_each(wakes, timeout)
+
+    async def _wait_each(self, wakes: list[str], timeout: float) -> bool:
+        """On a Cluster the queues' wake-up lists live in different slots, so one BLPOP cannot
+        wait on all: one waits on each, and the first to wake ends the others."""
+        woken = False
+        async with anyio.create_task_group() as tg:
+
+            async def wait(key: str) -> None:
+                nonlocal woken
+                if await self._blocking.blpop([key], timeout) is not None:
+                    woken = True
+                    tg.cancel_scope.cancel()
+
+            for key in wakes:
+                tg.start_soon(wait, key)
+        return woken
 
     async def promote_due(self, queue: str, limit: int) -> Promoted:
         # not durable: a promotion lost in a failover is made again by the next pass

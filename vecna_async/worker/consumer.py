@@ -1,12 +1,15 @@
-"""Claims messages for free slots and starts them.
+"""Claims messages for free slots and starts them, from one queue or several in strict order.
 
 A worker never holds more messages than it has slots (``concurrency``): it claims in one call as
 many as are free (up to ``claim_batch``), so a busy worker does not hoard and an idle one fills up
 in one round trip. A slot is free again once its outcome is settled, not when the task returns,
 so leases held never exceed ``concurrency`` even when Redis is slow to take the outcomes.
 
-When a claim leaves slots free (the queue ran dry), the worker blocks on the queue's wake-up
-list: every enqueue pushes a token there if none waits, and a claim that leaves work behind
+With several queues, each round of claims goes to the first queue, then offers the slots it left
+free to the next, and so on: a later queue gets a slot only while every earlier one is empty.
+
+When the claims leave slots free (the queues ran dry), the worker blocks on the queues' wake-up
+lists: every enqueue pushes a token there if none waits, and a claim that leaves work behind
 pushes one for the next idle worker. A wake-up is only a hint: after ``normal_tasks_poll_period``
 the worker claims again anyway. Every message reaches a worker through a claim, the one place
 that leases, fences and reaps.
@@ -35,12 +38,12 @@ T = TypeVar("T")
 
 
 class Consumer:
-    """The claim loop of one worker on one queue."""
+    """The claim loop of one worker on its queues."""
 
     def __init__(
         self,
         broker: Broker,
-        queue: str,
+        queues: Sequence[str],
         task_names: Sequence[str],
         slots: anyio.Semaphore,
         in_flight: InFlight,
@@ -53,7 +56,7 @@ class Consumer:
     ) -> None:
         self._on_dead = on_dead
         self._broker = broker
-        self._queue = queue
+        self._queues = list(queues)
         self._names = list(task_names)
         self._slots = slots
         self._in_flight = in_flight
@@ -77,41 +80,49 @@ class Consumer:
             if n is None or self._stopping:
                 self._give_back(n or 0)
                 break
-            asked_at = time.monotonic()
+            started = 0
             try:
-                claimed = await self._broker.claim(self._queue, n, self._names)
-                if time.monotonic() - asked_at > self._lease / 2:
-                    claimed = await self._still_ours(claimed)
+                for queue in self._queues:  # strict order: a later queue gets what is left
+                    started += await self._claim(queue, n - started, tasks)
+                    if started == n:
+                        break
                 backoff = 0.05
             except Exception as exc:  # an outage, an error reply, a bug: keep the worker alive
-                self._give_back(n)
+                self._give_back(n - started)
                 if is_transient(exc):
-                    log.warning(
-                        "cannot claim from %r (%s); retry in %.2fs", self._queue, exc, backoff
-                    )
+                    what = "cannot claim from %s (%s); retry in %.2fs"
+                    log.warning(what, ", ".join(self._queues), exc, backoff)
                 else:
-                    log.exception("claim from %r failed; retry in %.2fs", self._queue, backoff)
+                    log.exception("claim from %s failed; retry in %.2fs", self._queues, backoff)
                 await self._idle(anyio.sleep(backoff))
                 backoff = min(backoff * 2, 5.0)
                 continue
-            dead = [c for c in claimed if c.dead_reason is not None]
-            if dead:
-                claimed = [c for c in claimed if c.dead_reason is None]
-                self._on_dead(dead)
-            self._give_back(n - len(claimed))
-            self._start(claimed, tasks)
-            if len(claimed) < n:  # the queue ran dry for us: wait for a wake-up or the poll
+            self._give_back(n - started)
+            if started < n:  # the queues ran dry for us: wait for a wake-up or the poll
                 await self._idle(self._wait_for_work())
 
-    async def _still_ours(self, claimed: list[Claimed]) -> list[Claimed]:
+    async def _claim(self, queue: str, n: int, tasks: TaskSet) -> int:
+        """Claim up to ``n`` messages of ``queue`` and start them; returns how many started."""
+        asked_at = time.monotonic()
+        claimed = await self._broker.claim(queue, n, self._names)
+        if time.monotonic() - asked_at > self._lease / 2:
+            claimed = await self._still_ours(queue, claimed)
+        dead = [c for c in claimed if c.dead_reason is not None]
+        if dead:
+            claimed = [c for c in claimed if c.dead_reason is None]
+            self._on_dead(dead)
+        self._start(claimed, tasks)
+        return len(claimed)
+
+    async def _still_ours(self, queue: str, claimed: list[Claimed]) -> list[Claimed]:
         """Renew the leases of a slow claim's messages; keep those no other delivery took."""
         live = [c for c in claimed if c.dead_reason is None]
-        lost = set(await self._broker.extend_leases(self._queue, [(c.id, c.token) for c in live]))
+        lost = set(await self._broker.extend_leases(queue, [(c.id, c.token) for c in live]))
         if lost:
             log.warning(
                 "a claim from %r took over half a lease; %d of its message(s) had already "
                 "gone to another delivery and are not run here",
-                self._queue,
+                queue,
                 len(lost),
             )
         return [c for c in claimed if c.token not in lost]
@@ -142,9 +153,9 @@ class Consumer:
 
     async def _wait_for_work(self) -> None:
         try:
-            await self._broker.wait_for_work(self._queue, self._poll)
+            await self._broker.wait_for_work(self._queues, self._poll)
         except Exception as exc:
-            log.warning("wake-up wait on %r failed (%s)", self._queue, exc)
+            log.warning("wake-up wait on %s failed (%s)", ", ".join(self._queues), exc)
             await anyio.sleep(min(self._poll, 1.0))
 
     async def _idle(self, waiting: Awaitable[T]) -> T | None:

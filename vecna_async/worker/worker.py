@@ -42,20 +42,26 @@ SIGNAL_DEBOUNCE = 0.5
 
 
 class Worker:
-    """Consumes one queue with at most ``concurrency`` tasks at once (0 = unlimited).
+    """Consumes its queues, in strict order, with at most ``concurrency`` tasks at once
+    (0 = unlimited).
 
     >>> # worker = server.new_worker("emails", concurrency=10)
     >>> # await worker.launch()      # until worker.quit(), SIGTERM/SIGINT or cancellation
     """
 
     def __init__(
-        self, server: Server, name: str, concurrency: int, queue: str, run_scheduler: bool
+        self,
+        server: Server,
+        name: str,
+        concurrency: int,
+        queues: list[str],
+        run_scheduler: bool,
     ) -> None:
         if concurrency < 0:
             raise ValueError(f"concurrency must be >= 0 (0 = unlimited), got {concurrency}")
         self.name = name
         self.concurrency = concurrency
-        self.queue = queue
+        self.queues = queues
         self.run_scheduler = run_scheduler
         self._server = server
         self._error_handler: ErrorHandler | None = None
@@ -63,6 +69,11 @@ class Worker:
         self._quit_requested = False
         self._tasks: TaskSet | None = None
         self._signals = 0
+
+    @property
+    def queue(self) -> str:
+        """The first (or only) queue this worker consumes."""
+        return self.queues[0]
 
     def set_error_handler(self, handler: ErrorHandler) -> None:
         """Call ``handler(signature, exc)`` when a task fails for good (sync or async)."""
@@ -106,7 +117,7 @@ class Worker:
             r = rt.config.redis
             consumer = Consumer(
                 rt.broker,
-                self.queue,
+                self.queues,
                 registry.names,
                 slots,
                 in_flight,
@@ -120,9 +131,9 @@ class Worker:
             if self._quit_requested:
                 consumer.stop()
             log.info(
-                "worker %s: queue %r, concurrency %s, tasks: %s",
+                "worker %s: queues %s, concurrency %s, tasks: %s",
                 self.name,
-                self.queue,
+                ", ".join(self.queues),
                 self.concurrency or "unlimited",
                 ", ".join(registry.names),
             )
@@ -132,7 +143,7 @@ class Worker:
                 services.start_soon(self._keep_queue_known, rt.broker)
                 services.start_soon(cancels.run)
                 if self.run_scheduler:
-                    services.start_soon(server.new_scheduler([self.queue]).run)
+                    services.start_soon(server.new_scheduler(self.queues).run)
                 if threading.current_thread() is threading.main_thread():
                     services.start_soon(self._watch_signals)
                 try:
@@ -182,13 +193,14 @@ class Worker:
                 await tasks.wait()
 
     async def _keep_queue_known(self, broker: RedisBroker) -> None:
-        """Keep this worker's queue in the known-queues set, so every scheduler promotes its
+        """Keep this worker's queues in the known-queues set, so every scheduler promotes their
         retries and ETA tasks (refreshed hourly; retried while Redis is unreachable)."""
         while True:
             try:
-                await broker.queues.remember(self.queue)
+                for queue in self.queues:
+                    await broker.queues.remember(queue)
             except Exception as exc:
-                log.debug("cannot record queue %r yet (%s)", self.queue, exc)
+                log.debug("cannot record the queues %s yet (%s)", self.queues, exc)
                 await anyio.sleep(5.0)
                 continue
             await anyio.sleep(QUEUE_REMEMBER_SECONDS)
