@@ -42,6 +42,10 @@ DOCUMENTED_EXTRAS = {
     "InvalidSignature",
     "ResultTooLarge",
     "MessageTooLarge",
+    # API.md "Authoring (contract v2)"
+    "Context",
+    "TaskTimeout",
+    "WorkerStartupFailed",
     "TaskNotRegistered",
     "ArgumentTypeError",
     "TaskFailed",

@@ -6,6 +6,7 @@ error tree.
 
 from vecna_async.backend.results import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from vecna_async.config import Config, RedisConfig
+from vecna_async.context import Context
 from vecna_async.exceptions import (
     ArgumentTypeError,
     BrokerRefused,
@@ -20,8 +21,10 @@ from vecna_async.exceptions import (
     TaskCanceled,
     TaskFailed,
     TaskNotRegistered,
+    TaskTimeout,
     UnsupportedRedis,
     VecnaError,
+    WorkerStartupFailed,
 )
 from vecna_async.messages import DeadLetter, State, TaskState
 from vecna_async.server import Server
@@ -42,6 +45,7 @@ __all__ = [
     "ChordAsyncResult",
     "Config",
     "ConfigError",
+    "Context",
     "DeadLetter",
     "Group",
     "InvalidCronSpec",
@@ -59,8 +63,10 @@ __all__ = [
     "TaskHandle",
     "TaskNotRegistered",
     "TaskState",
+    "TaskTimeout",
     "UnsupportedRedis",
     "VecnaError",
     "Worker",
+    "WorkerStartupFailed",
 ]
 __version__ = "0.2.0"

@@ -19,7 +19,9 @@
     │   ├── DuplicateTask (ValueError)           a name registered twice with different functions
     │   ├── ArgumentTypeError (TypeError)        an argument does not match its declared type
     │   ├── ResultEncodeError (TypeError)        a task returned a value JSON cannot carry
-    │   └── ResultTooLarge (ValueError)          a task's encoded result is over the limit
+    │   ├── ResultTooLarge (ValueError)          a task's encoded result is over the limit
+    │   ├── TaskTimeout (TimeoutError)           a task ran past its ``timeout`` and was stopped
+    │   └── WorkerStartupFailed                  an ``on_worker_startup`` hook raised
     └── ResultError                 waiting for or reading a result failed
         ├── TaskFailed                           the task ended in FAILURE; carries its error string
         ├── TaskCanceled                         the task was canceled before it ran
@@ -172,6 +174,21 @@ class ResultTooLarge(TaskError, ValueError):
         self.task_name = task_name
         self.size = size
         self.limit = limit
+
+
+class TaskTimeout(TaskError, TimeoutError):
+    """A task ran longer than its ``timeout`` (seconds) and was stopped: an ``async def`` task is
+    cancelled, a plain ``def`` task running in a thread is abandoned (its slot freed, its result
+    dropped). It counts as a failure, retried while the task has retries left."""
+
+    def __init__(self, task_name: str, timeout: float) -> None:
+        super().__init__(f"task {task_name!r} ran past its timeout of {timeout:g}s and was stopped")
+        self.task_name = task_name
+        self.timeout = timeout
+
+
+class WorkerStartupFailed(TaskError):
+    """An ``on_worker_startup`` hook raised: the worker stops before it claims anything."""
 
 
 class ResultError(VecnaError):

@@ -19,6 +19,7 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
                                    i=ignore-if-unregistered e=dead-letter reason t=when
                                    k=aftermath settled
     vecna:{q}:s:<id>         STR   the task's TaskState (JSON), expires after results_expire_in
+    vecna:{q}:p:<id>         STR   the task's latest reported progress (JSON), same expiry
     vecna:{q}:w:<id>         SET   with a separate result backend, on it: the reply channels of
                                    other Servers waiting for the task (capped), same expiry
     vecna:{q}:parked         SET   names of parked tasks (claimed by workers that did not know them)
@@ -105,6 +106,7 @@ class QueueKeys(NamedTuple):
     held_prefix: str
     held_due: str
     limit_specs: str
+    progress_prefix: str
     watchers_prefix: str
 
     def record(self, task_id: str) -> str:
@@ -112,6 +114,9 @@ class QueueKeys(NamedTuple):
 
     def state(self, task_id: str) -> str:
         return self.state_prefix + task_id
+
+    def progress(self, task_id: str) -> str:
+        return self.progress_prefix + task_id
 
     def watchers(self, task_id: str) -> str:
         return self.watchers_prefix + task_id
@@ -177,6 +182,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         held_prefix=base + "held:",
         held_due=base + "held_due",
         limit_specs=base + "limit_specs",
+        progress_prefix=base + "p:",
         watchers_prefix=base + "w:",
     )
 

@@ -76,6 +76,8 @@ class TaskMessage(
     reply_to: str = ""
     concurrency_limit: int = 0
     rate_limit: str = ""
+    timeout: float = 0.0
+    tries: int = 0
     chord_args: int = -1
     sig: str = ""  # keep last (see above)
 

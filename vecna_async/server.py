@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast, overload
 
 import anyio
 
@@ -25,6 +25,7 @@ from vecna_async.backend.redis import RedisBackend
 from vecna_async.backend.results import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
+from vecna_async.context import Context, ResourceHook, WorkerHooks
 from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.keys import Keys
 from vecna_async.messages import PeriodicDefinition, TaskMessage
@@ -32,7 +33,13 @@ from vecna_async.runtime import Runtime, open_runtime
 from vecna_async.scheduler.periodic import schedule
 from vecna_async.scheduler.scheduler import Scheduler
 from vecna_async.signing import sign_definition
-from vecna_async.tasks.registry import TaskEntry, TaskFunction, TaskHandle, TaskRegistry
+from vecna_async.tasks.registry import (
+    TaskDecorator,
+    TaskEntry,
+    TaskFunction,
+    TaskHandle,
+    TaskRegistry,
+)
 from vecna_async.tasks.signature import Signature
 from vecna_async.tasks.wire import prepare, prepare_chain, prepare_chord, publish, walk
 from vecna_async.tasks.workflows import Chain, Chord, Group
@@ -55,6 +62,7 @@ class Server:
         self.id = uuid.uuid4().hex[:16]
         self.keys = Keys(self.config.redis.key_prefix)
         self.registry = TaskRegistry()
+        self.worker_hooks = WorkerHooks()
         self._rt: Runtime | None = None
         self._users = 0
 
@@ -107,33 +115,54 @@ class Server:
             self.registry.register(name, fn)
 
     @overload
+    def task(
+        self, fn: Callable[Concatenate[Context, P], Awaitable[R]], /
+    ) -> TaskHandle[P, R]: ...  # pragma: no cover
+
+    @overload
     def task(self, fn: Callable[P, Awaitable[R]], /) -> TaskHandle[P, R]: ...  # pragma: no cover
 
     @overload
     def task(
         self, fn: None = None, /, *, name: str | None = None, **options: Any
-    ) -> Callable[[Callable[P, Awaitable[R]]], TaskHandle[P, R]]: ...  # pragma: no cover
+    ) -> TaskDecorator: ...  # pragma: no cover
 
     def task(
         self,
-        fn: Callable[P, Awaitable[R]] | None = None,
+        fn: Callable[..., Awaitable[Any]] | None = None,
         /,
         *,
         name: str | None = None,
         **options: Any,
-    ) -> TaskHandle[P, R] | Callable[[Callable[P, Awaitable[R]]], TaskHandle[P, R]]:
+    ) -> TaskHandle[Any, Any] | TaskDecorator:
         """Register an ``async def`` as a task and return a typed handle.
 
         ``options`` are Signature options applied to every send (``retry_count=3``,
         ``routing_key="emails"`` ...). ``await handle.send(...)`` is checked by mypy.
         """
 
-        def register(f: Callable[P, Awaitable[R]]) -> TaskHandle[P, R]:
+        def register(f: Callable[..., Awaitable[Any]]) -> TaskHandle[Any, Any]:
             task_name = name or f.__name__
             self.registry.register(task_name, f)
             return TaskHandle(self, task_name, f, options)
 
-        return register(fn) if fn is not None else register
+        return register(fn) if fn is not None else cast(TaskDecorator, register)
+
+    # -- worker resources ----------------------------------------------------------------------
+    def on_worker_startup(self, hook: ResourceHook) -> ResourceHook:
+        """Register ``async def hook(state)``, run by every worker of this Server before it claims
+        anything: open what its tasks share (an HTTP client, a database pool) into ``state``
+        (tasks see it as ``ctx.state``). A hook that raises stops the worker with
+        ``WorkerStartupFailed``. Hooks run in the order registered."""
+        self.worker_hooks.startup.append(hook)
+        return hook
+
+    def on_worker_shutdown(self, hook: ResourceHook) -> ResourceHook:
+        """Register ``async def hook(state)``, run by every worker when it stops (after its
+        tasks finished or were handed back): close what the startup hooks opened. Each runs even
+        if another raised (errors are logged)."""
+        self.worker_hooks.shutdown.append(hook)
+        return hook
 
     # -- sending -------------------------------------------------------------------------------
     def _prepare(self, sig: Signature) -> TaskMessage:

@@ -17,9 +17,19 @@ from mypy import api
 ROOT = Path(__file__).resolve().parents[2]
 
 HEADER = """\
-from vecna_async import Config, Server
+from vecna_async import Config, Context, Server
 
 server = Server(Config())
+
+
+@server.task(name="fetch", timeout=10.0)
+async def fetch(ctx: Context, url: str, retries: int = 1) -> int:
+    return len(url) + ctx.attempt
+
+
+@server.task
+async def bare_ctx(ctx: Context, n: int) -> str:
+    return ctx.task_id * n
 
 
 @server.task(name="mul")
@@ -57,6 +67,22 @@ SNIPPETS = {
     "bad_keyword": """
         async def main() -> None:
             await greet.send("x", punct="?")
+    """,
+    "ctx_send": """
+        async def main() -> None:
+            r = await fetch.send("https://example.org", retries=2)
+            reveal_type(r)
+            b = await bare_ctx.send(3)
+            reveal_type(b)
+            sig = fetch.signature("https://example.org")
+    """,
+    "ctx_not_part_of_send": """
+        async def main() -> None:
+            await fetch.send(Context(task_id="x", name="fetch"), "https://example.org")
+    """,
+    "ctx_wrong_type": """
+        async def main() -> None:
+            await bare_ctx.send("3")
     """,
     "wrong_result_use": """
         async def main() -> None:
@@ -134,3 +160,21 @@ def test_result_value_has_the_return_type(mypy_output: dict[str, list[str]]) -> 
     found = errors(mypy_output["wrong_result_use"])
     assert len(found) == 1, found
     assert "[assignment]" in found[0]
+
+
+def test_a_context_parameter_is_not_part_of_send(mypy_output: dict[str, list[str]]) -> None:
+    lines = mypy_output["ctx_send"]
+    assert errors(lines) == [], lines
+    revealed = [
+        line.split("Revealed type is ", 1)[1].replace("builtins.", "")
+        for line in lines
+        if "Revealed type is" in line
+    ]
+    assert revealed == [
+        '"vecna_async.backend.results.AsyncResult[int]"',
+        '"vecna_async.backend.results.AsyncResult[str]"',
+    ]
+    assert errors(mypy_output["ctx_not_part_of_send"]), "a Context given to send() must fail"
+    found = errors(mypy_output["ctx_wrong_type"])
+    assert len(found) == 1, found
+    assert "[arg-type]" in found[0]

@@ -42,6 +42,13 @@ class Backend(Protocol):
         """Like ``get_state``, and ask for the final state to be published to ``reply_channel``
         (atomically with the read; not once ``MAX_WATCHERS`` other channels asked)."""
 
+    async def report_progress(self, queue: str, task_id: str, value: bytes, reply_to: str) -> None:
+        """Store a running task's latest progress (JSON) and push it to whoever waits for the
+        task (its sender on ``reply_to``, and the Servers that ``watch`` it)."""
+
+    async def get_progress(self, queue: str, task_id: str) -> bytes | None:
+        """The task's latest reported progress (JSON), or None."""
+
     async def store(self, writes: Sequence[StateWrite]) -> None:
         """Store states (used when the backend is not the broker's Redis) and publish the final
         ones to their ``reply_to`` and to the channels that asked through ``watch``."""

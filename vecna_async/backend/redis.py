@@ -85,3 +85,21 @@ class RedisBackend:
                 route = q.state_prefix  # any key of the queue's slot: the script builds its keys
                 args = [q.state_prefix, q.watchers_prefix, self._ttl, *fields]
                 await script("backend_store")(self.client, [route], args)
+
+    async def report_progress(self, queue: str, task_id: str, value: bytes, reply_to: str) -> None:
+        """Store ``value`` (JSON) as the task's latest progress and push it to its waiters."""
+        q = self._keys.queue(queue)
+        async with unavailable_as(self._where, "reporting progress"):
+            if self._shares_broker:
+                args = [self._keys.packed_queue(queue), self._keys.sched_channel, task_id]
+                await script("progress")(self.client, [q.ready], [*args, value, self._ttl])
+            else:
+                keys = [q.progress(task_id), q.watchers(task_id)]
+                argv = [task_id, value, self._ttl, reply_to]
+                await script("backend_progress")(self.client, keys, argv)
+
+    async def get_progress(self, queue: str, task_id: str) -> bytes | None:
+        """The task's latest reported progress (JSON), or None."""
+        async with unavailable_as(self._where, "reading progress"):
+            stored = await self.client.get(self._keys.queue(queue).progress(task_id))
+        return raw(stored) if stored is not None else None

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -50,6 +50,8 @@ class ResultListener:
         self._client = client
         self._channel = channel
         self._waiters: dict[str, set[asyncio.Future[bytes]]] = {}
+        # progress_updates() iterators, by task id: ("progress", value) / ("state", state)
+        self._updates: dict[str, set[asyncio.Queue[tuple[str, bytes]]]] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -90,6 +92,13 @@ class ResultListener:
             task_id, _, state = line.partition(b"\t")
             if not task_id:
                 continue
+            updates = self._updates.get(task_id.decode())
+            if state.startswith(b"@"):  # a progress report, not a state (lua/progress.lua)
+                for queue in updates or ():
+                    queue.put_nowait(("progress", state[1:]))
+                continue
+            for queue in updates or ():
+                queue.put_nowait(("state", state))
             futures = self._waiters.get(task_id.decode())
             if futures:
                 for fut in futures:
@@ -106,6 +115,24 @@ class ResultListener:
             for fut in futures:
                 if not fut.done():
                     fut.set_result(b"")
+        for queues in self._updates.values():
+            for queue in queues:
+                queue.put_nowait(("state", b""))
+
+    @contextlib.asynccontextmanager
+    async def updates(self, task_id: str) -> AsyncIterator[asyncio.Queue[tuple[str, bytes]]]:
+        """The progress reports and states published for ``task_id`` while the block runs."""
+        await self._ensure_started()
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._updates.setdefault(task_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._updates.get(task_id)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del self._updates[task_id]
 
     async def wait(
         self,
@@ -242,6 +269,38 @@ class AsyncResult(Generic[T]):
     async def get_state(self) -> TaskState | None:
         """The current TaskState, or None if none is stored (unknown id, or expired)."""
         return await self._source.get_state(self.queue, self.task_id)
+
+    async def progress(self) -> Any:
+        """The latest value the task reported with ``ctx.report_progress``, or None."""
+        stored = await self._source.backend.get_progress(self.queue, self.task_id)
+        return msgspec.json.decode(stored) if stored is not None else None
+
+    async def progress_updates(self) -> AsyncIterator[Any]:
+        """Each value the task reports (``ctx.report_progress``), pushed as it comes, until the
+        task finishes (then the iteration ends; ``get()`` has the result). The latest value
+        reported before the iteration began comes first. A value may come twice (reported just
+        as the iteration began), never is one skipped while the listener is connected.
+
+        >>> # async for value in result.progress_updates():
+        >>> #     yield f"data: {json.dumps(value)}\n\n"     # server-sent events
+        """
+        source = self._source
+        async with source.listener.updates(self.task_id) as updates:
+            state = await source.backend.watch(self.queue, self.task_id)
+            latest = await source.backend.get_progress(self.queue, self.task_id)
+            if latest is not None:
+                yield msgspec.json.decode(latest)
+            while state is None or not state.is_completed():
+                try:
+                    kind, payload = await asyncio.wait_for(updates.get(), RECHECK_SECONDS)
+                except TimeoutError:  # re-read now and then: a publish may have been missed
+                    kind, payload = "state", b""
+                if kind == "progress":
+                    yield msgspec.json.decode(payload)
+                elif payload:
+                    state = decode_state(payload)
+                else:
+                    state = await source.get_state(self.queue, self.task_id)
 
     async def cancel(self) -> bool:
         """Cancel this task (same as ``server.cancel_task(r.task_id)``): a queued or delayed task

@@ -12,7 +12,7 @@ local function now_ms()
 end
 
 -- A queue's keys and name, from one msgpack array (keys.QueueKeys: the keys in QueueKeys
--- order, then the queue's name). One argument instead of 24 saves redis-py packing them per call;
+-- order, then the queue's name). One argument instead of 25 saves redis-py packing them per call;
 -- KEYS carries just one of them, so Redis Cluster routes the call to the queue's slot.
 local function queue_from(packed)
   local list = cmsgpack.unpack(packed)
@@ -24,8 +24,8 @@ local function queue_from(packed)
     clock = list[15], probe_a = list[16], probe_b = list[17],
     legacy_tombstone = list[18], legacy_canceling = list[19],
     limit = list[20], held = list[21], held_due = list[22], limit_specs = list[23],
-    watchers = list[24],
-    name = list[25],
+    progress = list[24], watchers = list[25],
+    name = list[26],
   }
 end
 

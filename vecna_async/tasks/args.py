@@ -98,7 +98,8 @@ class ArgSpec:
 
     __slots__ = ("_keywords", "_positional", "_varargs", "_varkw", "trivial")
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], skip: str | None = None) -> None:
+        """``skip``: a parameter the worker fills in itself (the task's Context)."""
         try:
             hints = get_type_hints(fn)
         except Exception:  # unresolvable annotations: check nothing rather than refuse the task
@@ -108,6 +109,8 @@ class ArgSpec:
         self._keywords: dict[str, Any] = {}
         self._varkw: Any = Any
         for param in inspect.signature(fn).parameters.values():
+            if param.name == skip:
+                continue
             hint = _checkable(hints.get(param.name, Any))
             if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
                 self._positional.append(hint)

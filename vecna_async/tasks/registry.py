@@ -12,8 +12,20 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, get_type_hints
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    get_type_hints,
+    overload,
+)
 
+from vecna_async.context import Context
 from vecna_async.exceptions import DuplicateTask, TaskNotRegistered
 from vecna_async.keys import check_name
 from vecna_async.tasks.args import ArgSpec
@@ -28,13 +40,48 @@ TaskFunction = Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)
+class ContextSlot:
+    """Where a task function takes its ``Context``: a positional index, or a keyword-only name."""
+
+    name: str
+    index: int | None
+
+    def inject(self, ctx: Context, args: list[Any], kwargs: dict[str, Any]) -> None:
+        if self.index is not None and self.index <= len(args):
+            args.insert(self.index, ctx)
+        else:
+            kwargs[self.name] = ctx
+
+
+def context_slot(fn: Callable[..., Any]) -> ContextSlot | None:
+    """The parameter of ``fn`` annotated ``Context``, if any."""
+    try:
+        hints = get_type_hints(fn)
+    except Exception:
+        return None
+    positional = 0
+    for param in inspect.signature(fn).parameters.values():
+        if hints.get(param.name) is Context:
+            kind = param.kind
+            index = (
+                positional if kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD) else None
+            )
+            return ContextSlot(param.name, index)
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskEntry:
-    """A registered task: the function, whether to await it, and its argument spec."""
+    """A registered task: the function, whether to await it, its argument spec (its Context
+    parameter left out) and where it takes a Context, if it does."""
 
     name: str
     fn: TaskFunction
     is_async: bool
     arg_spec: ArgSpec
+    context: ContextSlot | None = None
 
 
 class TaskRegistry:
@@ -52,7 +99,9 @@ class TaskRegistry:
             if existing.fn is fn:
                 return existing
             raise DuplicateTask(f"task {name!r} is already registered to {existing.fn!r}")
-        entry = TaskEntry(name, fn, inspect.iscoroutinefunction(fn), ArgSpec(fn))
+        slot = context_slot(fn)
+        spec = ArgSpec(fn, skip=slot.name if slot else None)
+        entry = TaskEntry(name, fn, inspect.iscoroutinefunction(fn), spec, slot)
         self._entries[name] = entry
         return entry
 
@@ -82,6 +131,21 @@ class TaskSender(Protocol):
     async def send_task(self, signature: Signature) -> AsyncResult[Any]: ...
 
 
+class TaskDecorator(Protocol):
+    """What ``@server.task(name=..., **options)`` returns: it takes the task function (one
+    whose Context parameter, if it has one, comes first) and gives its typed handle."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[Concatenate[Context, P], Awaitable[R]], /
+    ) -> TaskHandle[P, R]: ...  # pragma: no cover
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Awaitable[R]], /
+    ) -> TaskHandle[P, R]: ...  # pragma: no cover
+
+
 class TaskHandle(Generic[P, R]):
     """A registered task you can call directly or send, with the arguments type-checked by mypy.
 
@@ -93,11 +157,12 @@ class TaskHandle(Generic[P, R]):
         self,
         sender: TaskSender,
         name: str,
-        fn: Callable[P, Awaitable[R]] | Callable[P, R],
+        fn: Callable[..., Any],
         options: dict[str, Any],
     ) -> None:
         self.name = name
         self.fn = fn
+        self._context = context_slot(fn)
         self._sender = sender
         self._options = options
         self._return_type = _return_type(fn)
@@ -105,7 +170,13 @@ class TaskHandle(Generic[P, R]):
         self.__wrapped__ = fn
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R] | R:
-        return self.fn(*args, **kwargs)
+        """Call the function here, not through a worker (a Context parameter gets a local
+        Context: task id "local", attempt 1, an empty ``state``, progress reports dropped)."""
+        if self._context is None:
+            return cast("Awaitable[R] | R", self.fn(*args, **kwargs))
+        call_args, call_kwargs = list(args), dict(kwargs)
+        self._context.inject(Context(task_id="local", name=self.name), call_args, call_kwargs)
+        return cast("Awaitable[R] | R", self.fn(*call_args, **call_kwargs))
 
     def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """A Signature of this task with these arguments and the decorator's options."""

@@ -47,7 +47,8 @@ class Signature:
     ``default_queue``); a higher ``priority`` is served first within a queue.
     ``concurrency_limit`` (at most that many of this task running at once across all workers of
     the queue; 0: no limit) and ``rate_limit`` (``"100/s"``, ``/m``, ``/h``: at most that many
-    starts per period) are usually given once, as options of ``@server.task``.
+    starts per period) are usually given once, as options of ``@server.task``, like ``timeout``
+    (seconds: a run that takes longer is stopped and fails with ``TaskTimeout``).
     """
 
     name: str
@@ -68,6 +69,7 @@ class Signature:
     _: dataclasses.KW_ONLY
     concurrency_limit: int = 0
     rate_limit: str = ""
+    timeout: float | None = None
     group_id: str = ""
     group_task_count: int = 0
     chord_callback: Signature | None = None
@@ -79,6 +81,8 @@ class Signature:
         if self.retry_count < 0 or self.retry_timeout < 0:
             raise ValueError("retry_count and retry_timeout must be >= 0")
         check_concurrency_limit(self.concurrency_limit)
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds (or None), got {self.timeout!r}")
         if self.rate_limit:
             parse_rate_limit(self.rate_limit)
 

@@ -111,6 +111,7 @@ def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessa
         spec=sig.spec,
         concurrency_limit=sig.concurrency_limit,
         rate_limit=sig.rate_limit,
+        timeout=sig.timeout or 0.0,
         reply_to=reply_to,
     )
 
@@ -235,4 +236,5 @@ def to_signature(msg: TaskMessage) -> Signature:
         spec=msg.spec,
         concurrency_limit=msg.concurrency_limit,
         rate_limit=msg.rate_limit,
+        timeout=msg.timeout or None,
     )

@@ -14,18 +14,21 @@ import inspect
 import logging
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import msgspec
 
 from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Done, ExtraState
+from vecna_async.context import Context, ProgressReporter, discard_progress
 from vecna_async.exceptions import (
     ArgumentTypeError,
     ResultEncodeError,
     ResultTooLarge,
     RetryTaskLater,
     TaskNotRegistered,
+    TaskTimeout,
 )
 from vecna_async.keys import Keys
 from vecna_async.messages import (
@@ -97,6 +100,11 @@ class Executor:
         self.error_handler: ErrorHandler | None = None
         self.canceled: Callable[[Claimed], bool] = lambda c: False
         """Whether the task was canceled before this delivery started (then it is not run)."""
+        self.worker_name = ""
+        self.state: dict[str, Any] = {}
+        """The worker's resources (``on_worker_startup``), handed to tasks as ``ctx.state``."""
+        self.progress: Callable[[TaskMessage], ProgressReporter] | None = None
+        """Makes the reporter behind a task's ``ctx.report_progress``."""
 
     async def run(self, c: Claimed) -> None:
         """Run one message; whatever happens, its outcome reaches the flusher."""
@@ -192,18 +200,44 @@ class Executor:
                 )
             ]
         args, kwargs = entry.arg_spec.convert(msg.name, args, msg.kwargs)
+        if entry.context is not None:
+            args, kwargs = list(args), dict(kwargs)
+            entry.context.inject(self._context(msg), args, kwargs)
+        if not msg.timeout:
+            return await self._invoke(entry, args, kwargs)
+        with anyio.move_on_after(msg.timeout):
+            return await self._invoke(entry, args, kwargs)
+        raise TaskTimeout(msg.name, msg.timeout)  # the scope above was cancelled: time is up
+
+    @staticmethod
+    async def _invoke(entry: TaskEntry, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if entry.is_async:
             return await entry.fn(*args, **kwargs)
-        # A thread cannot be interrupted: a cancel (or a stopping worker) abandons it, freeing
-        # the slot at once while the function runs on to its end in the background.
+        # A thread cannot be interrupted: a cancel, a timeout or a stopping worker abandons it,
+        # freeing the slot at once while the function runs on to its end in the background.
         call = functools.partial(entry.fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+    def _context(self, msg: TaskMessage) -> Context:
+        return Context(
+            task_id=msg.id,
+            name=msg.name,
+            attempt=msg.tries + 1,
+            queue=msg.queue,
+            headers=msg.headers,
+            eta=datetime.fromtimestamp(msg.eta_ms / 1000, UTC) if msg.eta_ms else None,
+            worker=self.worker_name,
+            state=self.state,
+            _progress=self.progress(msg) if self.progress is not None else discard_progress,
+        )
 
     def _retry(
         self, c: Claimed, msg: TaskMessage, exc: BaseException, delay_ms: int, *, counts: bool
     ) -> None:
         attempts = msg.attempts + 1 if counts else msg.attempts
-        again = msgspec.structs.replace(msg, attempts=attempts, chord_args=-1, sig="")
+        again = msgspec.structs.replace(
+            msg, attempts=attempts, tries=msg.tries + 1, chord_args=-1, sig=""
+        )
         body = encode(again) if self._signer is None else signed_body(again, self._signer)
         state = self._final(msg.id, msg.name, State.RETRY, error=error_string(exc))
         log.info("task %s (%s) retrying in %.3fs: %s", msg.name, msg.id, delay_ms / 1000, exc)

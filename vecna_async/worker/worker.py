@@ -16,17 +16,18 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from vecna_async.broker.queues import QUEUE_REMEMBER_SECONDS
-from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.exceptions import BrokerUnavailable, WorkerStartupFailed
 from vecna_async.worker.cancels import CancelListener
 from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
 from vecna_async.worker.heartbeat import Heartbeat, InFlight
+from vecna_async.worker.progress import progress_reporter
 from vecna_async.worker.taskset import TaskSet
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class Worker:
         self._quit_requested = False
         self._tasks: TaskSet | None = None
         self._signals = 0
+        self.state: dict[str, Any] = {}
+        """This worker's resources, opened by ``on_worker_startup`` hooks (``ctx.state``)."""
 
     @property
     def queue(self) -> str:
@@ -114,6 +117,9 @@ class Worker:
             )
             cancels = CancelListener(rt.broker_clients.main, rt.keys.cancel_channel, in_flight)
             executor.canceled = cancels.canceled
+            executor.worker_name = self.name
+            executor.state = self.state
+            executor.progress = progress_reporter(rt.backend)
             r = rt.config.redis
             consumer = Consumer(
                 rt.broker,
@@ -137,25 +143,60 @@ class Worker:
                 self.concurrency or "unlimited",
                 ", ".join(registry.names),
             )
-            async with anyio.create_task_group() as services:
-                services.start_soon(flusher.run)
-                services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
-                services.start_soon(self._keep_queue_known, rt.broker)
-                services.start_soon(cancels.run)
-                if self.run_scheduler:
-                    services.start_soon(server.new_scheduler(self.queues).run)
-                if threading.current_thread() is threading.main_thread():
-                    services.start_soon(self._watch_signals)
-                try:
-                    await self._consume(consumer, in_flight, rt.config.shutdown_grace)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        if not await flusher.drain(DRAIN_SECONDS):
-                            log.error(
-                                "worker %s stopped with outcomes it could not settle", self.name
-                            )
-                    services.cancel_scope.cancel()
+            await self._start_resources(server)  # before anything is claimed
+            try:
+                await self._serve(rt, flusher, in_flight, consumer, cancels)
+            finally:
+                await self._close_resources(server)
             log.info("worker %s stopped", self.name)
+
+    async def _serve(
+        self,
+        rt: Runtime,
+        flusher: Flusher,
+        in_flight: InFlight,
+        consumer: Consumer,
+        cancels: CancelListener,
+    ) -> None:
+        r = rt.config.redis
+        async with anyio.create_task_group() as services:
+            services.start_soon(flusher.run)
+            services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
+            services.start_soon(self._keep_queue_known, rt.broker)
+            services.start_soon(cancels.run)
+            if self.run_scheduler:
+                services.start_soon(self._server.new_scheduler(self.queues).run)
+            if threading.current_thread() is threading.main_thread():
+                services.start_soon(self._watch_signals)
+            try:
+                await self._consume(consumer, in_flight, rt.config.shutdown_grace)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if not await flusher.drain(DRAIN_SECONDS):
+                        log.error("worker %s stopped with outcomes it could not settle", self.name)
+                services.cancel_scope.cancel()
+
+    async def _start_resources(self, server: Server) -> None:
+        """Run the ``on_worker_startup`` hooks; one that raises stops the worker, clearly."""
+        for hook in server.worker_hooks.startup:
+            try:
+                await hook(self.state)
+            except Exception as exc:
+                await self._close_resources(server)
+                name = getattr(hook, "__qualname__", repr(hook))
+                raise WorkerStartupFailed(
+                    f"worker {self.name}: on_worker_startup hook {name} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+
+    async def _close_resources(self, server: Server) -> None:
+        """Run the ``on_worker_shutdown`` hooks (each, even if one raises: logged)."""
+        with anyio.CancelScope(shield=True):
+            for hook in server.worker_hooks.shutdown:
+                try:
+                    await hook(self.state)
+                except Exception:
+                    log.exception("worker %s: an on_worker_shutdown hook failed", self.name)
 
     async def _preflight(self, rt: Runtime) -> None:
         """The startup checks (``Runtime.preflight``), retried while Redis cannot be reached."""
