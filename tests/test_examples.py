@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -160,3 +161,45 @@ async def test_aiohttp_app(example_env: None) -> None:
         state = await eventually(lambda: aiohttp_app.tasks.result(body["task_id"]).get_state())
         assert state is not None
         assert state.is_success()
+
+
+def test_progress_sse(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SSE route streams each progress report, then the result, driven by FastAPI's client."""
+    from fastapi.testclient import TestClient
+
+    for key, value in _env(redis_url).items():
+        monkeypatch.setenv(key, value)
+    sys.modules.pop("examples.progress_sse", None)
+    from examples import progress_sse
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "vecna_async", "worker", "examples.progress_sse:tasks"],
+        env=dict(os.environ),
+        cwd=ROOT,
+    )
+    try:
+        with TestClient(progress_sse.app) as client:
+            task_id = client.post("/reports", params={"pages": 4}).json()["task_id"]
+            lines = []
+            with client.stream("GET", f"/reports/{task_id}/events") as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                lines = [line for line in response.iter_lines() if line]
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+        sys.modules.pop("examples.progress_sse", None)
+    data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert lines[-2:] == ["event: done", 'data: "report of 4 pages"']
+    pages = [d["page"] for d in data[:-1]]
+    assert pages == sorted(pages)
+    assert pages[-1] == 4
+
+
+def test_authoring(redis_url: str) -> None:
+    out = _run("authoring.py", redis_url)
+    assert "greet: hello world (attempt 1, queue vecna_tasks)" in out
+    assert "too_slow: TaskTimeout: task 'too_slow' ran past its timeout of 0.2s" in out
+    assert "forever reported: started" in out
+    assert "canceled: True" in out
+    assert "forever: CANCELED" in out
+    assert "call_api: [0, 1, 2, 3, 4, 5] at most 2 at once" in out
