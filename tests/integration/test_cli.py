@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.delivery_app:server"
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "vecna-async")
 PYTHON_M = [sys.executable, "-m", "vecna_async"]
-READY_LINE = ": queue 'vecna_tasks', concurrency"  # logged by each worker once it runs
+READY_LINE = ": queues vecna_tasks, concurrency"  # logged by each worker once it runs
 
 
 def run_cli(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

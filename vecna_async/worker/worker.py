@@ -115,7 +115,9 @@ class Worker:
             executor.error_handler = lambda sig, exc: (
                 self._error_handler(sig, exc) if self._error_handler else None
             )
-            cancels = CancelListener(rt.broker_clients.main, rt.keys.cancel_channel, in_flight)
+            # on the blocking pool (long waits live there), so a small main pool is not starved
+            blocking = rt.broker_clients.blocking
+            cancels = CancelListener(blocking, rt.keys.cancel_channel, in_flight)
             executor.canceled = cancels.canceled
             executor.worker_name = self.name
             executor.state = self.state
