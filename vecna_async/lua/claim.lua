@@ -76,10 +76,13 @@ local function drop_dead(ids)
     end
   end
 end
-drop_dead(redis.call('ZRANGEBYSCORE', q.dead, '-inf', now - dead_max_age, 'LIMIT', 0, 100))
-local excess = redis.call('ZCARD', q.dead) - dead_max
-if excess > 0 then
-  drop_dead(redis.call('ZRANGE', q.dead, 0, math.min(excess, 100) - 1))
+local dead_count = redis.call('ZCARD', q.dead)
+if dead_count > 0 then
+  drop_dead(redis.call('ZRANGEBYSCORE', q.dead, '-inf', now - dead_max_age, 'LIMIT', 0, 100))
+  local excess = dead_count - dead_max
+  if excess > 0 then
+    drop_dead(redis.call('ZRANGE', q.dead, 0, math.min(excess, 100) - 1))
+  end
 end
 
 -- Tasks held back by their limits whose time to try again has come (a rate window moved on, or

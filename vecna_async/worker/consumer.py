@@ -75,31 +75,40 @@ class Consumer:
 
     async def run(self, tasks: TaskSet) -> None:
         backoff = 0.05
-        while not self._stopping:
-            n = await self._idle(self._take_slots())
-            if n is None or self._stopping:
-                self._give_back(n or 0)
-                break
-            started = 0
-            try:
-                for queue in self._queues:  # strict order: a later queue gets what is left
-                    started += await self._claim(queue, n - started, tasks)
-                    if started == n:
-                        break
-                backoff = 0.05
-            except Exception as exc:  # an outage, an error reply, a bug: keep the worker alive
-                self._give_back(n - started)
-                if is_transient(exc):
-                    what = "cannot claim from %s (%s); retry in %.2fs"
-                    log.warning(what, ", ".join(self._queues), exc, backoff)
+        held = 0  # free slots kept through an idle wait: a wake-up claims with them at once
+        try:
+            while not self._stopping:
+                if held:
+                    n, held = held + self._take_free(self._batch - held), 0
                 else:
-                    log.exception("claim from %s failed; retry in %.2fs", self._queues, backoff)
-                await self._idle(anyio.sleep(backoff))
-                backoff = min(backoff * 2, 5.0)
-                continue
-            self._give_back(n - started)
-            if started < n:  # the queues ran dry for us: wait for a wake-up or the poll
-                await self._idle(self._wait_for_work())
+                    taken = await self._idle(self._take_slots())
+                    if taken is None or self._stopping:
+                        self._give_back(taken or 0)
+                        break
+                    n = taken
+                started = 0
+                try:
+                    for queue in self._queues:  # strict order: a later queue gets what is left
+                        started += await self._claim(queue, n - started, tasks)
+                        if started == n:
+                            break
+                    backoff = 0.05
+                except Exception as exc:  # an outage, an error reply, a bug: keep going
+                    self._give_back(n - started)
+                    if is_transient(exc):
+                        what = "cannot claim from %s (%s); retry in %.2fs"
+                        log.warning(what, ", ".join(self._queues), exc, backoff)
+                    else:
+                        what = "claim from %s failed; retry in %.2fs"
+                        log.exception(what, self._queues, backoff)
+                    await self._idle(anyio.sleep(backoff))
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if started < n:  # the queues ran dry for us: wait for a wake-up or the poll
+                    held = n - started
+                    await self._idle(self._wait_for_work())
+        finally:
+            self._give_back(held)
 
     async def _claim(self, queue: str, n: int, tasks: TaskSet) -> int:
         """Claim up to ``n`` messages of ``queue`` and start them; returns how many started."""
@@ -135,14 +144,18 @@ class Consumer:
     async def _take_slots(self) -> int:
         """Wait for one free slot, then take every other free one (up to the batch size)."""
         await self._slots.acquire()
-        n = 1
         try:
             # Let tasks that finish in this same loop turn free their slots too: one claim for all.
             await anyio.lowlevel.checkpoint()
         except BaseException:
             self._slots.release()
             raise
-        while n < self._batch and self._slots.value > 0:
+        return 1 + self._take_free(self._batch - 1)
+
+    def _take_free(self, most: int) -> int:
+        """Take the free slots there are now (at most ``most``), without waiting."""
+        n = 0
+        while n < most and self._slots.value > 0:
             self._slots.acquire_nowait()
             n += 1
         return n
