@@ -258,6 +258,7 @@ async def test_a_busy_script_is_waited_out(
                     return None
 
                 r3 = await eventually(sent, timeout=10)
+                assert r3 is not None
                 assert await r3.get(timeout=10) == 3
     finally:
         await blocker.aclose()
