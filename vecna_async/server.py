@@ -98,11 +98,13 @@ class Server:
                 await self.close()
 
     # -- registry ------------------------------------------------------------------------------
-    def register_task(self, name: str, fn: TaskFunction) -> TaskEntry:
-        """Register ``fn`` (async, or sync to run in a thread) under ``name``."""
-        return self.registry.register(name, fn)
+    def register_task(self, name: str, fn: TaskFunction, **options: Any) -> TaskEntry:
+        """Register ``fn`` (async, or sync to run in a thread) under ``name``; ``options`` as for
+        ``task()``."""
+        return self.registry.register(name, fn, options)
 
     def register_tasks(self, tasks: Mapping[str, TaskFunction]) -> None:
+        """Register several tasks at once, by name."""
         for name, fn in tasks.items():
             self.registry.register(name, fn)
 
@@ -124,20 +126,24 @@ class Server:
     ) -> TaskHandle[P, R] | Callable[[Callable[P, Awaitable[R]]], TaskHandle[P, R]]:
         """Register an ``async def`` as a task and return a typed handle.
 
-        ``options`` are Signature options applied to every send (``retry_count=3``,
-        ``routing_key="emails"`` ...). ``await handle.send(...)`` is checked by mypy.
+        ``options`` are Signature fields (``retry_count=3``, ``routing_key="emails"`` ...; see
+        ``tasks.options.TASK_OPTIONS``) applied to every send of the task by this Server, by
+        handle or by name, wherever the Signature left them at their defaults. An unknown option
+        is a TypeError naming it. ``await handle.send(...)`` is checked by mypy.
         """
 
         def register(f: Callable[P, Awaitable[R]]) -> TaskHandle[P, R]:
             task_name = name or f.__name__
-            self.registry.register(task_name, f)
-            return TaskHandle(self, task_name, f, options)
+            entry = self.registry.register(task_name, f, options)
+            return TaskHandle(self, task_name, f, dict(entry.options))
 
         return register(fn) if fn is not None else register
 
     # -- sending -------------------------------------------------------------------------------
     def _prepare(self, sig: Signature) -> TaskMessage:
-        return prepare(sig, self.config.default_queue, self._runtime().backend.reply_channel)
+        """The message for ``sig``, with this Server's task options and argument checks."""
+        reply_to = self._runtime().backend.reply_channel
+        return prepare(sig, self.config.default_queue, reply_to, self.registry)
 
     async def _publish(self, messages: list[TaskMessage], concurrency: int = 0) -> None:
         rt = self._runtime()
@@ -182,7 +188,7 @@ class Server:
     async def send_chain(self, chain: Chain) -> ChainAsyncResult:
         """Send a chain: its first task now, each next one when the previous succeeds."""
         head = prepare_chain(
-            chain, self.config.default_queue, self._runtime().backend.reply_channel
+            chain, self.config.default_queue, self._runtime().backend.reply_channel, self.registry
         )
         await self._publish([head])
         links = [m for m in walk([head]) if m.id in {s.id for s in chain.tasks}]
@@ -193,7 +199,9 @@ class Server:
     async def send_chord(self, chord: Chord, concurrency: int = 0) -> ChordAsyncResult:
         """Send a chord's group; the callback follows once, when the last member succeeds."""
         rt = self._runtime()
-        members = prepare_chord(chord, self.config.default_queue, rt.backend.reply_channel)
+        members = prepare_chord(
+            chord, self.config.default_queue, rt.backend.reply_channel, self.registry
+        )
         await self._publish(members, concurrency)
         callback = members[0].chord_callback
         assert callback is not None
@@ -277,7 +285,7 @@ class Server:
 
     async def send_periodic_chain(self, spec: str, chain: Chain, *, tz: str | None = None) -> str:
         head = prepare_chain(
-            chain, self.config.default_queue, self._runtime().backend.reply_channel
+            chain, self.config.default_queue, self._runtime().backend.reply_channel, self.registry
         )
         return await self._send_periodic(spec, "chain", [head], head.code, tz)
 

@@ -10,14 +10,15 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, get_type_hints
 
 from vecna_async.exceptions import DuplicateTask, TaskNotRegistered
 from vecna_async.keys import check_name
 from vecna_async.tasks.args import ArgSpec
-from vecna_async.tasks.signature import Signature
+from vecna_async.tasks.options import check_options
+from vecna_async.tasks.signature import Arg, Signature
 
 if TYPE_CHECKING:
     from vecna_async.backend.results import AsyncResult
@@ -29,12 +30,14 @@ TaskFunction = Callable[..., Any]
 
 @dataclass(frozen=True, slots=True)
 class TaskEntry:
-    """A registered task: the function, whether to await it, and its argument spec."""
+    """A registered task: the function, whether to await it, its argument spec and its options
+    (Signature fields applied to every send of it by this Server: ``tasks.options``)."""
 
     name: str
     fn: TaskFunction
     is_async: bool
     arg_spec: ArgSpec
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class TaskRegistry:
@@ -43,16 +46,23 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._entries: dict[str, TaskEntry] = {}
 
-    def register(self, name: str, fn: TaskFunction) -> TaskEntry:
+    def register(
+        self, name: str, fn: TaskFunction, options: Mapping[str, Any] | None = None
+    ) -> TaskEntry:
+        """Register ``fn`` under ``name`` with its task ``options`` (an unknown option is a
+        TypeError naming it). Registering the same function again is a no-op."""
         check_name("task name", name)
         if not callable(fn):
             raise TypeError(f"task {name!r}: expected a function, got {type(fn).__name__}")
+        checked = check_options(name, options or {})
         existing = self._entries.get(name)
         if existing is not None:
-            if existing.fn is fn:
+            if existing.fn is fn and existing.options == checked:
                 return existing
+            if existing.fn is fn:
+                raise DuplicateTask(f"task {name!r} is already registered with other options")
             raise DuplicateTask(f"task {name!r} is already registered to {existing.fn!r}")
-        entry = TaskEntry(name, fn, inspect.iscoroutinefunction(fn), ArgSpec(fn))
+        entry = TaskEntry(name, fn, inspect.iscoroutinefunction(fn), ArgSpec(fn), checked)
         self._entries[name] = entry
         return entry
 
@@ -64,6 +74,26 @@ class TaskRegistry:
 
     def find(self, name: str) -> TaskEntry | None:
         return self._entries.get(name)
+
+    def options_of(self, name: str) -> Mapping[str, Any]:
+        """The options ``name`` was registered with (none for a task registered elsewhere)."""
+        entry = self._entries.get(name)
+        return entry.options if entry is not None else {}
+
+    def check_arguments(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], *, positional: bool = True
+    ) -> None:
+        """At send: raise ArgumentTypeError for a plain argument of a kind its annotation does not
+        take (``bytes`` for a ``str``) or msgspec cannot encode, when ``name`` is registered here.
+        ``Arg`` values are the worker's to check (the seed's contract). ``positional=False``
+        checks the keywords only: for a callback, values are put before its own args."""
+        entry = self._entries.get(name)
+        if entry is None or entry.arg_spec.trivial:
+            return
+        indexed = (
+            [(i, a) for i, a in enumerate(args) if not isinstance(a, Arg)] if positional else []
+        )
+        entry.arg_spec.check_outgoing(name, indexed, kwargs)
 
     @property
     def names(self) -> list[str]:
