@@ -2,7 +2,8 @@
 
 Parts (each its own module): the Consumer claims messages for free slots, the Executor runs each,
 the Flusher settles outcomes in batches, the Heartbeat renews leases, and (unless disabled) a
-Scheduler promotes due delayed entries. Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
+Scheduler promotes due delayed entries. Before claiming, the worker writes its Server's declared
+schedules (``@server.periodic``). Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
 ``launch()``): claim nothing more, let running tasks finish for up to ``Config.shutdown_grace``
 seconds, then cancel the rest and hand their messages back to the queue at once, so no message
 waits for a lease to expire. A second signal (half a second after the first or later) skips
@@ -21,6 +22,7 @@ import anyio
 
 from vecna_async.broker.queues import QUEUE_REMEMBER_SECONDS
 from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.redis_errors import is_transient
 from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
@@ -77,6 +79,7 @@ class Worker:
         server = self._server
         async with server.connection() as rt:
             await self._preflight(rt)  # UnsupportedRedis ends launch() here, before any claim
+            await self._write_declared_schedules()
             registry = server.registry
             if not len(registry):
                 log.warning("worker %s has no registered tasks: it will claim nothing", self.name)
@@ -150,6 +153,21 @@ class Worker:
                 return
             except BrokerUnavailable as exc:
                 log.warning("worker %s: startup checks wait for Redis: %s", self.name, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write_declared_schedules(self) -> None:
+        """``Server.write_declared_schedules``, retried while Redis is unreachable or refusing
+        for now; any other error ends ``launch()`` (the schedule cannot be stored)."""
+        delay = 0.1
+        while not self._quit_requested:
+            try:
+                await self._server.write_declared_schedules()
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("worker %s: declared schedules wait for Redis: %s", self.name, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
