@@ -37,7 +37,7 @@ async def main() -> None:
 
         later = Signature("remind", args=["never"], eta=datetime.now(UTC) + timedelta(hours=1))
         r = await server.send_task(later)
-        await server.cancel_delayed_task(later)
+        await server.cancel_delayed_task(r.task_id)  # the Signature sent, or just its task id
         try:
             await r.get(timeout=5)
         except TaskCanceled:

@@ -26,7 +26,7 @@ from vecna_async.backend.results import AsyncResult, ChainAsyncResult, ChordAsyn
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
 from vecna_async.exceptions import BrokerUnavailable
-from vecna_async.keys import Keys
+from vecna_async.keys import Keys, check_name
 from vecna_async.messages import TaskMessage
 from vecna_async.runtime import Runtime, open_runtime
 from vecna_async.scheduler.declared import DeclaredSchedules
@@ -243,29 +243,39 @@ class Server:
         return AsyncResult(self._runtime().results, task_id, queue or self.config.default_queue)
 
     # -- canceling delayed tasks ---------------------------------------------------------------
-    async def _cancel(self, sigs: Iterable[Signature]) -> bool:
+    async def _cancel(self, sigs: Iterable[Signature], queue: str | None = None) -> bool:
         by_queue: dict[str, list[str]] = {}
         for sig in sigs:
             if sig.id is None:
                 raise ValueError(f"task {sig.name!r} was never sent: it has no id to cancel")
-            by_queue.setdefault(sig.routing_key or self.config.default_queue, []).append(sig.id)
+            where = queue or sig.routing_key or self.config.default_queue
+            by_queue.setdefault(where, []).append(sig.id)
         canceled = True
         for queue, ids in by_queue.items():
             canceled &= all(await self._runtime().broker.cancel(queue, ids))
         return canceled
 
-    async def cancel_delayed_task(self, signature: Signature) -> bool:
-        """Cancel a task that has not started: it never runs and its state becomes CANCELED.
-        Returns False if a worker had already started it."""
-        return await self._cancel([signature])
+    async def cancel_delayed_task(
+        self, signature: Signature | str, *, queue: str | None = None
+    ) -> bool:
+        """Cancel a task that has not started, with an ETA or without (waiting in its queue):
+        it never runs and its state becomes CANCELED. ``signature`` is the Signature sent or
+        its task id; ``queue`` is where it was sent (default: the Signature's ``routing_key``,
+        else ``default_queue``). Returns False if a worker had already started it."""
+        if isinstance(signature, str):
+            signature = Signature("?", id=check_name("task id", signature))
+        return await self._cancel([signature], queue)
 
     async def cancel_delayed_group(self, group: Group) -> bool:
+        """Cancel every task of a group that has not started (True if none will run)."""
         return await self._cancel(group.tasks)
 
     async def cancel_delayed_chain(self, chain: Chain) -> bool:
+        """Cancel every link of a chain that has not started (True if none will run)."""
         return await self._cancel(chain.tasks)
 
     async def cancel_delayed_chord(self, chord: Chord) -> bool:
+        """Cancel a chord's members and its callback (True if none of them will run)."""
         return await self._cancel([*chord.group.tasks, chord.callback])
 
     # -- periodic tasks --------------------------------------------------------------------------
