@@ -1,9 +1,10 @@
 """The worker's lifecycle: start its parts, run until asked to stop, then stop without losing work.
 
 Parts (each its own module): the Consumer claims messages for free slots, the Executor runs each,
-the Flusher settles outcomes in batches, the Heartbeat renews leases, and (unless disabled) a
-Scheduler promotes due delayed entries. Before claiming, the worker writes its Server's declared
-schedules (``@server.periodic``). Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
+the Flusher settles outcomes in batches, the Heartbeat renews leases, the ParkedWatch warns about
+messages of tasks this worker does not know, and (unless disabled) a Scheduler promotes due
+delayed entries. Before claiming, the worker writes its Server's declared schedules
+(``@server.periodic``). Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
 ``launch()``): claim nothing more, let running tasks finish for up to ``Config.shutdown_grace``
 seconds, then cancel the rest and hand their messages back to the queue at once, so no message
 waits for a lease to expire. A second signal (half a second after the first or later) skips
@@ -27,6 +28,7 @@ from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
 from vecna_async.worker.heartbeat import Heartbeat, InFlight
+from vecna_async.worker.parked import ParkedWatch
 from vecna_async.worker.taskset import TaskSet
 
 if TYPE_CHECKING:
@@ -129,6 +131,10 @@ class Worker:
                 services.start_soon(flusher.run)
                 services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
                 services.start_soon(self._keep_queue_known, rt.broker)
+                parked = ParkedWatch(
+                    rt.broker.listing, self.queue, registry.names, self.name, r.heartbeat_interval
+                )
+                services.start_soon(parked.run)
                 if self.run_scheduler:
                     services.start_soon(server.new_scheduler([self.queue]).run)
                 if threading.current_thread() is threading.main_thread():
