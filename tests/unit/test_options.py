@@ -22,7 +22,10 @@ def test_the_options_are_signature_fields_minus_the_per_call_ones() -> None:
     )
 
 
-@pytest.mark.parametrize("option", ["timeout", "retries", "on_success", "eta", "id", "args"])
+@pytest.mark.parametrize(
+    "option",
+    ["timeout", "concurrency_limit", "rate_limit", "retries", "on_success", "eta", "id", "args"],
+)
 def test_an_unknown_option_is_a_type_error_at_decoration(option: str) -> None:
     server = Server(Config())
     # (timeout, concurrency_limit and rate_limit become options when Signature gets the fields)
