@@ -37,15 +37,17 @@ async def main() -> None:
 
         later = Signature("remind", args=["never"], eta=datetime.now(UTC) + timedelta(hours=1))
         r = await server.send_task(later)
-        await server.cancel_delayed_task(later)
+        await server.cancel_delayed_task(r.task_id)  # the Signature sent, or just its task id
         try:
             await r.get(timeout=5)
         except TaskCanceled:
             print("canceled: it will never run")
 
-        # Every second (6 fields: seconds first). Save the code: it cancels the schedule, from
-        # any process, even after restarts.
-        code = await server.send_periodic_task("* * * * * *", Signature("remind", args=["tick"]))
+        # Every second (6 fields: seconds first), under a code of our own: sending it again (at
+        # the next start) replaces it rather than adding a second schedule. The code cancels it,
+        # from any process, even after restarts.
+        tick = Signature("remind", args=["tick"], code="remind-tick")
+        code = await server.send_periodic_task("* * * * * *", tick)
         with anyio.fail_after(10):
             await two_ticks.wait()
         await server.cancel_periodic_task(code)

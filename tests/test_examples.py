@@ -63,6 +63,13 @@ def test_delayed_and_periodic(redis_url: str) -> None:
     assert "then was canceled" in out
 
 
+def test_declared_schedule(redis_url: str) -> None:
+    out = _run("declared_schedule.py", redis_url)
+    assert "declared schedule fired 2 times" in out
+    assert "after a restart: 1 definition, code 'send_report'" in out
+    assert "then it was canceled" in out
+
+
 def test_retries_and_errors(redis_url: str) -> None:
     out = _run("retries_and_errors.py", redis_url)
     assert "flaky: ok after 2 calls" in out

@@ -231,3 +231,27 @@ def test_result_timeout_is_a_timeout_error() -> None:
     assert issubclass(vecna_async.ResultTimeout, TimeoutError)
     assert issubclass(vecna_async.ConfigError, ValueError)
     assert issubclass(vecna_async.InvalidCronSpec, ValueError)
+
+
+def test_result_api_is_documented_in_the_readme() -> None:
+    """The result handles' attributes are in the README's "Results and states" (they were found
+    only with ``dir()``), and are what the README says they are."""
+    from pathlib import Path
+
+    from vecna_async import AsyncResult, ChainAsyncResult, ChordAsyncResult
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Results and states", 1)[1].split("\n## ", 1)[0]
+    for name in (
+        "`AsyncResult`", ".task_id", ".queue", ".signature", ".get(timeout=None)", ".get_state()",
+        ".typed(T)", "`ChainAsyncResult`", ".results", "`ChordAsyncResult`", ".group_results",
+        ".callback", "server.result(task_id, queue=None)",
+    ):  # fmt: skip
+        assert name in section, name
+    r: AsyncResult[Any] = AsyncResult(None, "id", "q")  # type: ignore[arg-type]
+    assert (r.task_id, r.queue, r.signature) == ("id", "q", None)
+    assert r.typed(int).task_id == "id"
+    assert ChainAsyncResult([r]).results == [r]
+    chord = ChordAsyncResult([r], r)
+    assert (chord.group_results, chord.callback) == ([r], r)
+    assert "queue" in inspect.signature(Server.result).parameters

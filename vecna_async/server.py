@@ -27,12 +27,12 @@ from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
 from vecna_async.context import Context, ResourceHook, WorkerHooks
 from vecna_async.exceptions import BrokerUnavailable
-from vecna_async.keys import Keys
-from vecna_async.messages import PeriodicDefinition, TaskMessage
+from vecna_async.keys import Keys, check_name
+from vecna_async.messages import TaskMessage
 from vecna_async.runtime import Runtime, open_runtime
-from vecna_async.scheduler.periodic import schedule
-from vecna_async.scheduler.scheduler import Scheduler
-from vecna_async.signing import sign_definition
+from vecna_async.scheduler.declared import DeclaredSchedules
+from vecna_async.scheduler.periodic import new_definition
+from vecna_async.scheduler.scheduler import Scheduler, running
 from vecna_async.tasks.registry import (
     TaskDecorator,
     TaskEntry,
@@ -63,6 +63,7 @@ class Server:
         self.keys = Keys(self.config.redis.key_prefix)
         self.registry = TaskRegistry()
         self.worker_hooks = WorkerHooks()
+        self.declared = DeclaredSchedules()
         self._rt: Runtime | None = None
         self._users = 0
 
@@ -106,11 +107,13 @@ class Server:
                 await self.close()
 
     # -- registry ------------------------------------------------------------------------------
-    def register_task(self, name: str, fn: TaskFunction) -> TaskEntry:
-        """Register ``fn`` (async, or sync to run in a thread) under ``name``."""
-        return self.registry.register(name, fn)
+    def register_task(self, name: str, fn: TaskFunction, **options: Any) -> TaskEntry:
+        """Register ``fn`` (async, or sync to run in a thread) under ``name``; ``options`` as for
+        ``task()``."""
+        return self.registry.register(name, fn, options)
 
     def register_tasks(self, tasks: Mapping[str, TaskFunction]) -> None:
+        """Register several tasks at once, by name."""
         for name, fn in tasks.items():
             self.registry.register(name, fn)
 
@@ -137,14 +140,16 @@ class Server:
     ) -> TaskHandle[Any, Any] | TaskDecorator:
         """Register an ``async def`` as a task and return a typed handle.
 
-        ``options`` are Signature options applied to every send (``retry_count=3``,
-        ``routing_key="emails"`` ...). ``await handle.send(...)`` is checked by mypy.
+        ``options`` are Signature fields (``retry_count=3``, ``routing_key="emails"`` ...; see
+        ``tasks.options.TASK_OPTIONS``) applied to every send of the task by this Server, by
+        handle or by name, wherever the Signature left them at their defaults. An unknown option
+        is a TypeError naming it. ``await handle.send(...)`` is checked by mypy.
         """
 
         def register(f: Callable[..., Awaitable[Any]]) -> TaskHandle[Any, Any]:
             task_name = name or f.__name__
-            self.registry.register(task_name, f)
-            return TaskHandle(self, task_name, f, options)
+            entry = self.registry.register(task_name, f, options)
+            return TaskHandle(self, task_name, f, dict(entry.options))
 
         return register(fn) if fn is not None else cast(TaskDecorator, register)
 
@@ -164,9 +169,38 @@ class Server:
         self.worker_hooks.shutdown.append(hook)
         return hook
 
+    def periodic(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        tz: str | None = None,
+        code: str | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[P, Awaitable[R]]], TaskHandle[P, R]]:
+        """Register the function as a task (as ``task()``, with ``options``) run on the cron
+        ``spec`` in zone ``tz`` (default UTC), without arguments.
+
+        The schedule is stored under ``code`` (default: the task name) when a worker or an
+        embedded scheduler of this Server starts, replacing what that code held: declaring it in
+        every process never duplicates a tick. A bad spec raises InvalidCronSpec here.
+
+        >>> # @server.periodic("0 6 * * *", name="report", tz="Europe/Paris")
+        >>> # async def report() -> None: ...
+        """
+
+        def register(f: Callable[P, Awaitable[R]]) -> TaskHandle[P, R]:
+            handle = self.task(name=name or f.__name__, **options)(f)
+            self.declared.declare(spec, task=handle.name, tz=tz, code=code)
+            return handle
+
+        return register
+
     # -- sending -------------------------------------------------------------------------------
     def _prepare(self, sig: Signature) -> TaskMessage:
-        return prepare(sig, self.config.default_queue, self._runtime().backend.reply_channel)
+        """The message for ``sig``, with this Server's task options and argument checks."""
+        reply_to = self._runtime().backend.reply_channel
+        return prepare(sig, self.config.default_queue, reply_to, self.registry)
 
     async def _publish(self, messages: list[TaskMessage], concurrency: int = 0) -> None:
         rt = self._runtime()
@@ -211,7 +245,7 @@ class Server:
     async def send_chain(self, chain: Chain) -> ChainAsyncResult:
         """Send a chain: its first task now, each next one when the previous succeeds."""
         head = prepare_chain(
-            chain, self.config.default_queue, self._runtime().backend.reply_channel
+            chain, self.config.default_queue, self._runtime().backend.reply_channel, self.registry
         )
         await self._publish([head])
         links = [m for m in walk([head]) if m.id in {s.id for s in chain.tasks}]
@@ -222,7 +256,9 @@ class Server:
     async def send_chord(self, chord: Chord, concurrency: int = 0) -> ChordAsyncResult:
         """Send a chord's group; the callback follows once, when the last member succeeds."""
         rt = self._runtime()
-        members = prepare_chord(chord, self.config.default_queue, rt.backend.reply_channel)
+        members = prepare_chord(
+            chord, self.config.default_queue, rt.backend.reply_channel, self.registry
+        )
         await self._publish(members, concurrency)
         callback = members[0].chord_callback
         assert callback is not None
@@ -249,29 +285,39 @@ class Server:
         return await cancel(queue or self.config.default_queue, task_id)
 
     # -- canceling delayed tasks ---------------------------------------------------------------
-    async def _cancel(self, sigs: Iterable[Signature]) -> bool:
+    async def _cancel(self, sigs: Iterable[Signature], queue: str | None = None) -> bool:
         by_queue: dict[str, list[str]] = {}
         for sig in sigs:
             if sig.id is None:
                 raise ValueError(f"task {sig.name!r} was never sent: it has no id to cancel")
-            by_queue.setdefault(sig.routing_key or self.config.default_queue, []).append(sig.id)
+            where = queue or sig.routing_key or self.config.default_queue
+            by_queue.setdefault(where, []).append(sig.id)
         canceled = True
         for queue, ids in by_queue.items():
             canceled &= all(await self._runtime().broker.cancel(queue, ids))
         return canceled
 
-    async def cancel_delayed_task(self, signature: Signature) -> bool:
-        """Cancel a task that has not started: it never runs and its state becomes CANCELED.
-        Returns False if a worker had already started it."""
-        return await self._cancel([signature])
+    async def cancel_delayed_task(
+        self, signature: Signature | str, *, queue: str | None = None
+    ) -> bool:
+        """Cancel a task that has not started, with an ETA or without (waiting in its queue):
+        it never runs and its state becomes CANCELED. ``signature`` is the Signature sent or
+        its task id; ``queue`` is where it was sent (default: the Signature's ``routing_key``,
+        else ``default_queue``). Returns False if a worker had already started it."""
+        if isinstance(signature, str):
+            signature = Signature("?", id=check_name("task id", signature))
+        return await self._cancel([signature], queue)
 
     async def cancel_delayed_group(self, group: Group) -> bool:
+        """Cancel every task of a group that has not started (True if none will run)."""
         return await self._cancel(group.tasks)
 
     async def cancel_delayed_chain(self, chain: Chain) -> bool:
+        """Cancel every link of a chain that has not started (True if none will run)."""
         return await self._cancel(chain.tasks)
 
     async def cancel_delayed_chord(self, chord: Chord) -> bool:
+        """Cancel a chord's members and its callback (True if none of them will run)."""
         return await self._cancel([*chord.group.tasks, chord.callback])
 
     # -- periodic tasks --------------------------------------------------------------------------
@@ -285,19 +331,12 @@ class Server:
         callback: TaskMessage | None = None,
         concurrency: int = 0,
     ) -> str:
-        sched = schedule(spec.strip(), tz or "UTC")  # raises InvalidCronSpec naming the spec
+        """Store a periodic definition under ``code``, replacing what the code held (keeping its
+        next fire time when spec and zone are unchanged: ``PeriodicStore.add``)."""
         rt = self._runtime()
-        if (
-            rt.cluster
-            and len({m.queue for m in walk([*tasks, *([callback] if callback else [])])}) > 1
-        ):
-            raise ValueError("on Redis Cluster, a periodic workflow's tasks must share one queue")
-        definition = PeriodicDefinition(
-            code=code, spec=sched.spec, tz=sched.tz, kind=kind, tasks=tasks,
-            callback=callback, concurrency=concurrency,
-        )  # fmt: skip
-        if rt.signer is not None:
-            definition = sign_definition(definition, rt.signer)
+        definition = new_definition(
+            spec, tz, code, kind, tasks, callback, concurrency, cluster=rt.cluster, signer=rt.signer
+        )
         await rt.periodic.add(definition)
         return code
 
@@ -307,33 +346,47 @@ class Server:
         """Run ``signature`` on a cron ``spec`` (5 fields, or 6 with seconds first; ``?`` = ``*``;
         ``@hourly``...) in time zone ``tz`` (default UTC). Stored in Redis: it survives restarts
         and fires exactly once per tick however many schedulers run. Returns the code to cancel
-        it with (also set on ``signature.code``)."""
+        it with (also set on ``signature.code``): ``signature.code`` if set, else its ``id`` if
+        set (either replaces the schedule stored under it: send it at every start without
+        duplicating it), else a new one."""
         msg = self._prepare(signature)
         return await self._send_periodic(spec, "task", [msg], msg.code, tz)
 
     async def send_periodic_group(
         self, spec: str, group: Group, concurrency: int = 0, *, tz: str | None = None
     ) -> str:
+        """Send ``group`` on ``spec``; its code is ``group.group_id`` (``Group(..., group_id=)``
+        fixes it: sending again replaces)."""
         msgs = [self._prepare(s) for s in group.tasks]
         return await self._send_periodic(spec, "group", msgs, group.group_id, tz, None, concurrency)
 
     async def send_periodic_chain(self, spec: str, chain: Chain, *, tz: str | None = None) -> str:
+        """Send ``chain`` on ``spec``; its code is its first task's ``code`` (or ``id``)."""
         head = prepare_chain(
-            chain, self.config.default_queue, self._runtime().backend.reply_channel
+            chain, self.config.default_queue, self._runtime().backend.reply_channel, self.registry
         )
         return await self._send_periodic(spec, "chain", [head], head.code, tz)
 
     async def send_periodic_chord(
         self, spec: str, chord: Chord, concurrency: int = 0, *, tz: str | None = None
     ) -> str:
+        """Send ``chord`` on ``spec``; its code is ``chord.group.group_id``."""
         members = [self._prepare(s) for s in chord.group.tasks]
         callback = self._prepare(chord.callback)
         code = chord.group.group_id
         return await self._send_periodic(spec, "chord", members, code, tz, callback, concurrency)
 
     async def cancel_periodic_task(self, code: str) -> bool:
-        """Stop a periodic task, group, chain or chord by its code; True if it existed."""
+        """Stop a periodic task, group, chain or chord by its code; True if it existed. (A schedule
+        declared with ``@server.periodic`` is written again by the next start that declares it.)"""
         return await self._runtime().periodic.cancel(code)
+
+    async def write_declared_schedules(self) -> None:
+        """Store every ``@server.periodic`` schedule of this Server (replacing, under its code:
+        see ``PeriodicStore.add``). Workers and embedded schedulers call it when they start."""
+        for d in self.declared:
+            msg = self._prepare(Signature(d.task, code=d.code))
+            await self._send_periodic(d.spec, "task", [msg], d.code, d.tz)
 
     # -- workers and schedulers ----------------------------------------------------------------
     def new_worker(
@@ -357,7 +410,11 @@ class Server:
         worker_name = name or f"worker-{uuid.uuid4().hex[:8]}"
         return Worker(self, worker_name, concurrency, names, scheduler)
 
-    def new_scheduler(self, queues: Iterable[str] = ()) -> Scheduler:
+    def new_scheduler(
+        self, queues: Iterable[str] = (), *, write_declared: bool = False
+    ) -> Scheduler:
+        """A scheduler for ``default_queue`` and ``queues`` (and every queue it learns of);
+        ``write_declared``: it writes the declared schedules first (``Scheduler``)."""
         rt = self._runtime()
         return Scheduler(
             rt.broker,
@@ -366,6 +423,7 @@ class Server:
             self.keys.sched_channel,
             {self.config.default_queue, *queues},
             rt.config.redis.delayed_tasks_poll_period / 1000,
+            declare=self.write_declared_schedules if write_declared else None,
         )
 
     @asynccontextmanager
@@ -373,7 +431,9 @@ class Server:
         """Run the delayed/periodic scheduler in the current event loop while the block runs.
 
         The startup checks run first (``Runtime.preflight``): UnsupportedRedis for a Redis older
-        than 7.0; warnings logged once; skipped, with a warning, if Redis cannot be reached.
+        than 7.0; warnings logged once; skipped, with a warning, if Redis cannot be reached. Then
+        the declared schedules (``@server.periodic``) are written, in the scheduler's first
+        pass. An error raised in the block comes out as itself (not in an ExceptionGroup).
 
         >>> # async with server.scheduler():   # e.g. in a FastAPI lifespan
         >>> #     yield
@@ -383,13 +443,8 @@ class Server:
                 await rt.preflight()  # UnsupportedRedis: the scheduler does not start
             except BrokerUnavailable as exc:  # do not hold up the app: the scheduler retries
                 log.warning("scheduler: startup checks skipped: %s", exc)
-            async with anyio.create_task_group() as tg:
-                sched = self.new_scheduler(queues)
-                tg.start_soon(sched.run)
-                try:
-                    yield sched
-                finally:
-                    tg.cancel_scope.cancel()
+            async with running(self.new_scheduler(queues, write_declared=True)) as sched:
+                yield sched
 
     def get_broker(self) -> RedisBroker:
         return self._runtime().broker

@@ -284,6 +284,26 @@ async def test_cancel_delayed_task(app: Server, rc_text: aioredis.Redis, marks: 
     assert await marks.runs("canceled") == 0
 
 
+async def test_cancel_by_task_id_with_or_without_an_eta(
+    app: Server, rc_text: aioredis.Redis, marks: Marks
+) -> None:
+    """``cancel_delayed_task(r.task_id)``: an id is enough (queue: ``default_queue`` unless
+    given), and any task not started yet is canceled, waiting for its ETA or not."""
+    delayed = await app.send_task(Signature("stamp", args=["by-id"], eta=in_ms(60_000)))
+    queued = await app.send_task(Signature("stamp", args=["queued"]))  # no ETA, no worker yet
+    elsewhere = await app.send_task(Signature("stamp", args=["other"], routing_key="other"))
+    assert await app.cancel_delayed_task(delayed.task_id) is True
+    assert await app.cancel_delayed_task(queued.task_id) is True
+    assert await app.cancel_delayed_task(elsewhere.task_id, queue="other") is True
+    for r in (delayed, queued, elsewhere):
+        assert await state_of(r) is State.CANCELED
+    async with running_worker(app, 5), running_worker(app, 5, queue="other"):
+        await canary_after(app, rc_text, in_ms(0))
+    assert [await marks.runs(tag) for tag in ("by-id", "queued", "other")] == [0, 0, 0]
+    with pytest.raises(ValueError, match="task id"):
+        await app.cancel_delayed_task("not an id")
+
+
 async def test_cancel_after_the_task_ran_keeps_its_result(
     app: Server, rc_text: aioredis.Redis
 ) -> None:

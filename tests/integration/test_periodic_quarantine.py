@@ -238,7 +238,7 @@ async def test_resend_or_cancel_clears_the_quarantine_record(
     sched = server.new_scheduler()
     await sched.run_once()
     assert [e.code for e in await sched.periodic.quarantined()] == [code]
-    resent = await server.send_periodic_task(EVERY_SECOND, Signature("mark", id=code, args=[1]))
+    resent = await server.send_periodic_task(EVERY_SECOND, Signature("mark", id=code, args=["x"]))
     assert resent == code
     assert await sched.periodic.quarantined() == []
     assert code in await sched.periodic.definitions()

@@ -456,10 +456,12 @@ async def test_unknown_task_fails_when_asked_to(app: Server) -> None:
     ],
 )
 async def test_bad_argument_types_fail_clearly(
-    app: Server, sig: Signature, name: str, index: int, expected: str
+    app: Server, config: Config, sig: Signature, name: str, index: int, expected: str
 ) -> None:
-    async with running_worker(app, concurrency=1):
-        r = await app.send_task(sig)
+    # sent by a Server that does not know the functions: the worker checks (a Server that knows
+    # them refuses a plain value of the wrong kind at send: tests/integration/test_argument_types)
+    async with running_worker(app, concurrency=1), Server(config) as producer:
+        r = await producer.send_task(sig)
         with pytest.raises(TaskFailed) as info:
             await r.get(timeout=5)
         # the same worker carries on
@@ -474,9 +476,9 @@ async def test_bad_argument_types_fail_clearly(
     assert state.state is State.FAILURE
 
 
-async def test_bad_argument_is_not_retried(app: Server) -> None:
-    async with running_worker(app):
-        r = await app.send_task(Signature("labeled", args=["a", "x"], retry_count=3))
+async def test_bad_argument_is_not_retried(app: Server, config: Config) -> None:
+    async with running_worker(app), Server(config) as producer:
+        r = await producer.send_task(Signature("labeled", args=["a", "x"], retry_count=3))
         with pytest.raises(TaskFailed):
             await r.get(timeout=3)
 

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import msgspec
 import pytest
 
-from vecna_async import Arg, MessageTooLarge, Signature, State
+from vecna_async import Arg, ArgumentTypeError, Chain, MessageTooLarge, Signature, State
 from vecna_async.messages import TaskMessage, decode_state, decode_task, encode
-from vecna_async.tasks.wire import eta_ms, outgoing, prepare, to_signature, walk
+from vecna_async.tasks.registry import TaskRegistry
+from vecna_async.tasks.wire import eta_ms, outgoing, prepare, prepare_chain, to_signature, walk
 
 QUEUE = "vecna_tasks"
 REPLY = "vecna:reply:abc"
@@ -189,3 +190,94 @@ def test_to_signature_of_a_minimal_message() -> None:
 def test_eta_ms_is_current_for_now() -> None:
     now = datetime.now(UTC)
     assert abs(eta_ms(now) - time.time() * 1000) < 1000
+
+
+# -- what the sending Server knows: options and argument checks ---------------------------------
+class Unencodable:
+    """msgspec cannot encode this."""
+
+
+def test_outgoing_names_the_task_and_argument_msgspec_cannot_encode() -> None:
+    for sig, where in [
+        (Signature("fetch", args=["url", Unencodable()]), "task 'fetch', argument 1"),
+        (Signature("fetch", kwargs={"session": Unencodable()}), "keyword argument 'session'"),
+        (
+            Signature("fetch", on_error=[Signature("alert", args=[Unencodable()])]),
+            "task 'alert', argument 0",
+        ),
+    ]:
+        with pytest.raises(TypeError) as info:
+            outgoing(prepare(sig, QUEUE), 10_000)
+        assert isinstance(info.value, ArgumentTypeError)
+        assert where in str(info.value)
+        assert "expected a value msgspec can encode, got Unencodable" in str(info.value)
+    with pytest.raises(TypeError, match="task 'fetch': headers"):
+        outgoing(prepare(Signature("fetch", headers={"x": Unencodable()}), QUEUE), 10_000)
+
+
+def _registry() -> TaskRegistry:
+    registry = TaskRegistry()
+
+    async def flaky(n: int) -> int:
+        return n
+
+    async def greet(name: str, *, punctuation: str = "!") -> str:
+        return name + punctuation
+
+    registry.register("flaky", flaky, {"retry_count": 3, "routing_key": "slow", "priority": 2})
+    registry.register("greet", greet, {"headers": {"team": "growth"}})
+    return registry
+
+
+def test_registered_options_fill_what_the_signature_left_at_its_defaults() -> None:
+    registry = _registry()
+    by_name = Signature("flaky", args=[1])
+    msg = prepare(by_name, QUEUE, REPLY, registry)
+    assert (msg.retry_count, msg.queue, msg.priority) == (3, "slow", 2)
+    assert (by_name.retry_count, by_name.routing_key) == (3, "slow")  # as sent, like its id
+    own = prepare(Signature("flaky", args=[1], retry_count=1, priority=5), QUEUE, "", registry)
+    assert (own.retry_count, own.queue, own.priority) == (1, "slow", 5)
+    # a field at its default counts as not set
+    assert prepare(Signature("flaky", args=[1], priority=0), QUEUE, "", registry).priority == 2
+    # options apply inside workflows too, and a copy of a mutable option per Signature
+    chain_head = prepare_chain(
+        Chain(Signature("greet", args=["a"]), Signature("flaky")), QUEUE, "", registry
+    )
+    assert chain_head.headers == {"team": "growth"}
+    assert chain_head.chain_next is not None
+    assert chain_head.chain_next.retry_count == 3
+    parent = Signature("greet", args=["a"], on_success=[Signature("flaky")])
+    assert prepare(parent, QUEUE, "", registry).on_success[0].retry_count == 3
+    a, b = Signature("greet", args=["a"]), Signature("greet", args=["b"])
+    prepare(a, QUEUE, "", registry)
+    prepare(b, QUEUE, "", registry)
+    a.headers["x"] = 1
+    assert b.headers == {"team": "growth"}
+    assert registry.options_of("greet") == {"headers": {"team": "growth"}}
+    # a task this Server did not register gets nothing
+    assert prepare(Signature("other"), QUEUE, "", registry).retry_count == 0
+
+
+def test_arguments_of_known_tasks_are_checked_at_prepare() -> None:
+    registry = _registry()
+    with pytest.raises(
+        ArgumentTypeError, match="task 'greet', argument 0: expected str, got bytes"
+    ):
+        prepare(Signature("greet", args=[b"ann"]), QUEUE, "", registry)
+    with pytest.raises(ArgumentTypeError, match="keyword argument 'punctuation'"):
+        prepare(Signature("greet", args=["a"], kwargs={"punctuation": 1}), QUEUE, "", registry)
+    # seed-typed args are the worker's to check (a mismatch fails the task, as the seed says)
+    prepare(Signature("flaky", args=[Arg("int64", 2**63)]), QUEUE, "", registry)
+    # a mutable on_success callback gets the parent's results first: its own args shift, so only
+    # its keywords are checked; an immutable one, or a chain link, keeps its own args first
+    prepare(Signature("flaky", args=[1], on_success=[Signature("greet")]), QUEUE, "", registry)
+    immutable = Signature("greet", args=[b"x"], immutable=True)
+    with pytest.raises(ArgumentTypeError, match="task 'greet', argument 0"):
+        prepare(Signature("flaky", args=[1], on_success=[immutable]), QUEUE, "", registry)
+    with pytest.raises(ArgumentTypeError, match="task 'greet', argument 0"):
+        prepare_chain(
+            Chain(Signature("flaky", args=[1]), Signature("greet", args=[b"x"])),
+            QUEUE,
+            "",
+            registry,
+        )

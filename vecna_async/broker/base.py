@@ -140,11 +140,14 @@ class Broker(Protocol):
         """Claim up to ``max_n`` messages of the given task names, each with a fresh lease."""
 
     async def settle(self, batch: SettleBatch) -> list[str]:
-        """Apply outcomes; returns the tokens whose lease was lost (nothing was changed for
-        them) and the ids of aftermath entries that were applied already."""
+        """Apply outcomes; returns the entries not applied: the token of a delivery whose lease
+        went to another delivery, ``gone:<token>`` if its message no longer exists at all,
+        ``canceled:<token>`` if the task was canceled while it ran (its outcome is dropped), and
+        the id of an aftermath entry applied already."""
 
     async def extend_leases(self, queue: str, leases: Sequence[tuple[str, str]]) -> list[str]:
-        """Renew leases (id, token); returns the tokens whose lease was lost."""
+        """Renew leases (id, token); returns the tokens whose lease was lost (``gone:<token>``
+        when the message no longer exists)."""
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         """Block until there may be work in one of ``queues`` (a wake-up, a hint only: True) or

@@ -43,6 +43,20 @@ class Listing:
                 out += await self._signatures_of(q, q.held_prefix + name)
         return out
 
+    async def parked_counts(self, queue: str) -> dict[str, int]:
+        """How many messages of each task name are parked in ``queue``: claimed by workers that
+        did not know the name, they wait (PENDING) for a worker of the queue that does."""
+        q = self._keys.queue(queue)
+        with redis_errors(self._where, "counting parked tasks"):
+            names = sorted(text(n) for n in await self._client.smembers(q.parked))
+            if not names:
+                return {}
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcard(q.parked_prefix + name)
+                counts = await pipe.execute()
+        return {name: int(n) for name, n in zip(names, counts, strict=True) if n}
+
     async def delayed(self, queue: str) -> list[Signature]:
         """Tasks waiting for their ETA or retry time, earliest first."""
         q = self._keys.queue(queue)

@@ -1,6 +1,8 @@
 -- Apply a batch of outcomes from one worker, each fenced by its delivery's lease token: an entry
 -- whose token no longer owns the message (its lease expired and another worker took it) changes
--- nothing and its token is returned as lost (an aftermath entry returns its id). A resent call
+-- nothing and its token is returned as lost (an aftermath entry returns its id); as 'gone:' ..
+-- token if the message record no longer exists and no final state says another delivery
+-- finished it (Redis lost its data: restarted without persistence, flushed). A resent call
 -- (same request id) returns the first call's reply and changes nothing.
 -- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel,
 --   write_states (0/1), state_ttl, request_id, resend_window, n_other,
@@ -82,6 +84,15 @@ local function ended_canceled(id, rk, token)
   redis.call('ZREM', q.leases, id)
   lost[#lost + 1] = 'canceled:' .. token
   return true
+end
+
+-- An entry not applied: its token, marked 'gone:' if its message no longer exists at all.
+local function not_applied(id, rk, token)
+  if redis.call('EXISTS', rk) == 0 and redis.call('EXISTS', q.state .. id) == 0 then
+    lost[#lost + 1] = 'gone:' .. token
+  else
+    lost[#lost + 1] = token
+  end
 end
 
 local function enqueue_at(qi, a)
@@ -173,7 +184,7 @@ while i <= #A do
         redis.call('SET', q.state .. id, state_json(id, 'STARTED', r[2]), 'EX', ttl)
       end
     else
-      lost[#lost + 1] = token
+      not_applied(id, rk, token)
     end
   elseif kind == 'D' then
     local state = A[i + 3]
@@ -191,7 +202,7 @@ while i <= #A do
       end
       apply_after(a)
     else
-      lost[#lost + 1] = token
+      not_applied(id, rk, token)
     end
   elseif kind == 'K' then
     local state = token -- K has no token: its third field is the state
@@ -210,7 +221,7 @@ while i <= #A do
     local state, body, due = A[i + 3], A[i + 4], now + tonumber(A[i + 5])
     i = i + 6
     if not owned(id, rk, token) then
-      lost[#lost + 1] = token
+      not_applied(id, rk, token)
     elseif not ended_canceled(id, rk, token) then
       redis.call('HDEL', rk, 'o')
       redis.call('HSET', rk, 'b', body, 'd', 0)
@@ -232,7 +243,7 @@ while i <= #A do
     local reason, state = A[i + 3], A[i + 4]
     i = i + 5
     if not owned(id, rk, token) then
-      lost[#lost + 1] = token
+      not_applied(id, rk, token)
     elseif not ended_canceled(id, rk, token) then
       redis.call('ZREM', q.leases, id)
       dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
@@ -240,7 +251,7 @@ while i <= #A do
   elseif kind == 'L' then
     i = i + 3
     if not owned(id, rk, token) then
-      lost[#lost + 1] = token
+      not_applied(id, rk, token)
     elseif not ended_canceled(id, rk, token) then
       redis.call('HDEL', rk, 'o')
       redis.call('HINCRBY', rk, 'd', -1)

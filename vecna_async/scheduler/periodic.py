@@ -42,7 +42,7 @@ from vecna_async.messages import (
 from vecna_async.redis_errors import is_transient
 from vecna_async.scheduler.cron import CronSchedule
 from vecna_async.scripts import script
-from vecna_async.signing import Signer, verify_definition
+from vecna_async.signing import Signer, sign_definition, verify_definition
 from vecna_async.tasks.wire import outgoing, publish, walk
 
 log = logging.getLogger("vecna_async.scheduler")
@@ -86,16 +86,20 @@ class PeriodicStore:
 
     async def add(self, definition: PeriodicDefinition) -> int:
         """Store the definition (replacing one under its code, quarantined or not); returns its
-        first fire time (epoch ms, Redis's clock). Raises ValueError (``InvalidCronSpec``,
+        next fire time (epoch ms, Redis's clock). Replacing one with the same spec and time zone
+        keeps its next fire time (no tick fired twice or skipped by a re-declaration); otherwise
+        it is the first tick from now. Raises ValueError (``InvalidCronSpec``,
         ``MessageTooLarge`` ...) for one a scheduler could not fire."""
         check_definition(definition, self._max_bytes)
         sched = schedule(definition.spec, definition.tz)
         async with unavailable_as(self._where):
             seconds, micros = await self._client.time()
             first = sched.next_after(int(seconds) * 1000 + int(micros) // 1000)
-            args = [self._keys.sched_channel, definition.code, encode(definition), first]
-            await script("periodic_add")(self._client, self._k(bad=True), args)
-        return first
+            args = [
+                self._keys.sched_channel, definition.code, encode(definition), first,
+                definition.spec, definition.tz,
+            ]  # fmt: skip
+            return int(await script("periodic_add")(self._client, self._k(bad=True), args))
 
     async def cancel(self, code: str) -> bool:
         """Stop the definition (and drop its quarantine record); True if either existed."""
@@ -198,6 +202,31 @@ class PeriodicStore:
             if await script("periodic_advance")(self._client, self._k(), [d.code, tick, nxt]):
                 self.fired += 1
         return nxt
+
+
+def new_definition(
+    spec: str,
+    tz: str | None,
+    code: str,
+    kind: str,
+    tasks: list[TaskMessage],
+    callback: TaskMessage | None = None,
+    concurrency: int = 0,
+    *,
+    cluster: bool = False,
+    signer: Signer | None = None,
+) -> PeriodicDefinition:
+    """A definition to store (signed with a ``signer``). Raises InvalidCronSpec naming a bad
+    ``spec`` or ``tz`` (default UTC), and ValueError for a workflow over several queues on a
+    ``cluster`` (its firing is one script call: one slot)."""
+    sched = schedule(spec.strip(), tz or "UTC")
+    if cluster and len({m.queue for m in walk([*tasks, *([callback] if callback else [])])}) > 1:
+        raise ValueError("on Redis Cluster, a periodic workflow's tasks must share one queue")
+    definition = PeriodicDefinition(
+        code=code, spec=sched.spec, tz=sched.tz, kind=kind, tasks=tasks,
+        callback=callback, concurrency=concurrency,
+    )  # fmt: skip
+    return definition if signer is None else sign_definition(definition, signer)
 
 
 def check_definition(d: PeriodicDefinition, max_bytes: int) -> None:

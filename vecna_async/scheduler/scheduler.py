@@ -6,13 +6,18 @@ schedulers on hosts with skewed clocks agree), and a publish on the ``sched`` ch
 when an earlier entry is added. ``RedisConfig.delayed_tasks_poll_period`` caps the sleep, a safety
 net for a missed publish. Any number of schedulers may run: promotion is one atomic script per
 batch, so they share the work and never duplicate it.
+
+An embedded scheduler (``Server.scheduler()``) first writes the Server's declared schedules
+(``@server.periodic``): in its first pass, and again in each next pass until that succeeded, so a
+Redis unreachable at start holds up neither the app nor the delayed tasks.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -43,7 +48,10 @@ class Scheduler:
         channel: str,
         queues: Iterable[str],
         max_sleep: float,
+        *,
+        declare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._declare = declare  # writes the declared schedules; None once done
         self._broker = broker
         self._periodic = periodic
         self._client = client
@@ -91,6 +99,12 @@ class Scheduler:
         """
         self.passes += 1
         periodic_failure: Exception | None = None
+        if self._declare is not None:
+            try:
+                await self._declare()
+                self._declare = None
+            except Exception as exc:  # the stored definitions still fire meanwhile
+                periodic_failure = exc
         try:
             next_tick = await self._periodic.fire_due()
         except Exception as exc:
@@ -135,3 +149,24 @@ class Scheduler:
                 if pubsub is not None:
                     with anyio.CancelScope(shield=True):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+@asynccontextmanager
+async def running(sched: Scheduler) -> AsyncIterator[Scheduler]:
+    """Run ``sched`` in the background while the block runs. An error the block raises comes out
+    as itself: the task group would wrap it in an ExceptionGroup, which a plain ``except`` (a
+    web app's lifespan) does not catch."""
+    raised: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sched.run)
+            try:
+                yield sched
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        raised = group.exceptions[0]
+    if raised is not None:
+        raise raised  # outside the except block: not shown "during handling" of the group

@@ -4,13 +4,19 @@ Two kinds: the seed's typed ``Arg("int64", 1)`` values, checked against the type
 bool-vs-int, string-vs-number, slice elements); and plain values, converted with msgspec against
 the task function's annotations when it has them (``async def add(a: int, b: int)``).
 Both raise ``ArgumentTypeError`` naming the task, the argument and the expected type.
+
+A Server sending a task whose function it knows checks the plain values first
+(``ArgSpec.check_outgoing``): a value of the wrong kind for its annotation, which JSON would
+otherwise blur (``bytes`` arrive as a base64 ``str``, a ``UUID`` or a ``datetime`` as a ``str``),
+or one msgspec cannot encode at all, is an ``ArgumentTypeError`` at send.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any, get_type_hints
 
 import msgspec
@@ -142,6 +148,20 @@ class ArgSpec:
         }
         return out_args, out_kwargs
 
+    def check_outgoing(
+        self, task_name: str, args: Iterable[tuple[int, Any]], kwargs: dict[str, Any]
+    ) -> None:
+        """At send: each value (positional ones with their index) must be of a kind its
+        annotation takes and still be one once sent as JSON (a ``Decimal`` travels as a string,
+        which a ``float`` parameter refuses). Raises ArgumentTypeError naming the argument."""
+        if self.trivial:
+            return
+        n = len(self._positional)
+        for i, v in args:
+            _check_outgoing(task_name, i, self._positional[i] if i < n else self._varargs, v)
+        for k, v in kwargs.items():
+            _check_outgoing(task_name, k, self._keywords.get(k, self._varkw), v)
+
 
 def _checkable(hint: Any) -> Any:
     """The hint if msgspec can build values of it from JSON, else Any (a plain class, say, gets
@@ -164,7 +184,48 @@ def _convert(task_name: str, index: int | str, hint: Any, value: Any) -> Any:
     try:
         return msgspec.convert(value, hint, strict=True)
     except msgspec.ValidationError as exc:
-        raise ArgumentTypeError(task_name, index, _type_label(hint), str(exc)) from None
+        raise ArgumentTypeError(task_name, index, _type_label(hint), _detail(exc)) from None
+
+
+def _check_outgoing(task_name: str, index: int | str, hint: Any, value: Any) -> None:
+    if hint is Any or (hint in _EXACT and type(value) is hint):
+        return  # (an unencodable value is named when the message is encoded: tasks.wire)
+    try:
+        msgspec.convert(value, hint, strict=True)  # the kind: no bytes for a str
+    except msgspec.ValidationError as exc:
+        raise ArgumentTypeError(task_name, index, _type_label(hint), _detail(exc)) from None
+    try:
+        wire = msgspec.json.decode(msgspec.json.encode(value))
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        raise unencodable(task_name, index, value, exc) from None
+    try:
+        msgspec.convert(wire, hint, strict=True)  # what the worker will convert
+    except msgspec.ValidationError:
+        detail = f"got {type(value).__name__}, which arrives as a JSON {type(wire).__name__}"
+        raise ArgumentTypeError(task_name, index, _type_label(hint), detail) from None
+
+
+def unencodable(task_name: str, index: int | str, value: Any, exc: Exception) -> ArgumentTypeError:
+    """The error for an argument msgspec cannot encode (raised at send)."""
+    detail = f"got {type(value).__name__} ({exc})"
+    return ArgumentTypeError(task_name, index, "a value msgspec can encode", detail)
+
+
+_MSGSPEC_MISMATCH = re.compile(r"^Expected `(?P<want>.+?)`, got `(?P<got>.+?)`$")
+_MSGSPEC_PATH = re.compile(r"^(?P<what>.*) - at `(?P<path>\$[^`]*)`$")
+
+
+def _detail(exc: msgspec.ValidationError) -> str:
+    """msgspec's message in the words of ``ArgumentTypeError`` ("expected str, got int"): the
+    expected type is already said, so "Expected `str`, got `int`" becomes "got int"."""
+    message, path = str(exc), ""
+    if located := _MSGSPEC_PATH.match(message):
+        message, path = located["what"], located["path"]
+    if mismatch := _MSGSPEC_MISMATCH.match(message):
+        got = mismatch["got"]
+        return f"got {got} at {path} (expected {mismatch['want']} there)" if path else f"got {got}"
+    message = message[:1].lower() + message[1:]
+    return f"{message} at {path}" if path else message
 
 
 def _type_label(hint: Any) -> str:

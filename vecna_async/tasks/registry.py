@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -29,7 +29,8 @@ from vecna_async.context import Context
 from vecna_async.exceptions import DuplicateTask, TaskNotRegistered
 from vecna_async.keys import check_name
 from vecna_async.tasks.args import ArgSpec
-from vecna_async.tasks.signature import Signature
+from vecna_async.tasks.options import check_options
+from vecna_async.tasks.signature import Arg, Signature
 
 if TYPE_CHECKING:
     from vecna_async.backend.results import AsyncResult
@@ -61,27 +62,25 @@ def context_slot(fn: Callable[..., Any]) -> ContextSlot | None:
         return None
     positional = 0
     for param in inspect.signature(fn).parameters.values():
+        takes_position = param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)
         if hints.get(param.name) is Context:
-            kind = param.kind
-            index = (
-                positional if kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD) else None
-            )
-            return ContextSlot(param.name, index)
-        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            positional += 1
+            return ContextSlot(param.name, positional if takes_position else None)
+        positional += takes_position
     return None
 
 
 @dataclass(frozen=True, slots=True)
 class TaskEntry:
     """A registered task: the function, whether to await it, its argument spec (its Context
-    parameter left out) and where it takes a Context, if it does."""
+    parameter left out), where it takes a Context if it does, and its options (Signature fields
+    applied to every send of it by this Server: ``tasks.options``)."""
 
     name: str
     fn: TaskFunction
     is_async: bool
     arg_spec: ArgSpec
     context: ContextSlot | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class TaskRegistry:
@@ -90,18 +89,25 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._entries: dict[str, TaskEntry] = {}
 
-    def register(self, name: str, fn: TaskFunction) -> TaskEntry:
+    def register(
+        self, name: str, fn: TaskFunction, options: Mapping[str, Any] | None = None
+    ) -> TaskEntry:
+        """Register ``fn`` under ``name`` with its task ``options`` (an unknown option is a
+        TypeError naming it). Registering the same function again is a no-op."""
         check_name("task name", name)
         if not callable(fn):
             raise TypeError(f"task {name!r}: expected a function, got {type(fn).__name__}")
+        checked = check_options(name, options or {})
         existing = self._entries.get(name)
         if existing is not None:
-            if existing.fn is fn:
+            if existing.fn is fn and existing.options == checked:
                 return existing
+            if existing.fn is fn:
+                raise DuplicateTask(f"task {name!r} is already registered with other options")
             raise DuplicateTask(f"task {name!r} is already registered to {existing.fn!r}")
         slot = context_slot(fn)
         spec = ArgSpec(fn, skip=slot.name if slot else None)
-        entry = TaskEntry(name, fn, inspect.iscoroutinefunction(fn), spec, slot)
+        entry = TaskEntry(name, fn, inspect.iscoroutinefunction(fn), spec, slot, checked)
         self._entries[name] = entry
         return entry
 
@@ -113,6 +119,26 @@ class TaskRegistry:
 
     def find(self, name: str) -> TaskEntry | None:
         return self._entries.get(name)
+
+    def options_of(self, name: str) -> Mapping[str, Any]:
+        """The options ``name`` was registered with (none for a task registered elsewhere)."""
+        entry = self._entries.get(name)
+        return entry.options if entry is not None else {}
+
+    def check_arguments(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], *, positional: bool = True
+    ) -> None:
+        """At send: raise ArgumentTypeError for a plain argument of a kind its annotation does not
+        take (``bytes`` for a ``str``) or msgspec cannot encode, when ``name`` is registered here.
+        ``Arg`` values are the worker's to check (the seed's contract). ``positional=False``
+        checks the keywords only: for a callback, values are put before its own args."""
+        entry = self._entries.get(name)
+        if entry is None or entry.arg_spec.trivial:
+            return
+        indexed = (
+            [(i, a) for i, a in enumerate(args) if not isinstance(a, Arg)] if positional else []
+        )
+        entry.arg_spec.check_outgoing(name, indexed, kwargs)
 
     @property
     def names(self) -> list[str]:

@@ -3,16 +3,20 @@
 ``prepare`` turns a Signature into a TaskMessage (ids, codes and queues filled in, recursively for
 callbacks, so a chain's last id is known when it is sent) and ``outgoing`` turns a TaskMessage into
 what the broker stores. ``to_signature`` goes back, for pending-task listings and error handlers.
+
+What the sending Server knows about its own tasks (``KnownTasks``: the registry) applies at
+``prepare``: each task's registered options fill the Signature fields it leaves at their defaults,
+and its plain arguments are checked against the function's annotations.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -20,7 +24,9 @@ from vecna_async.exceptions import MessageTooLarge
 from vecna_async.keys import check_name
 from vecna_async.messages import CHORD_RESULTS_MARK, State, TaskMessage, TaskState, encode
 from vecna_async.signing import Signer, signed_body
+from vecna_async.tasks.args import unencodable
 from vecna_async.tasks.limits import limits_spec
+from vecna_async.tasks.options import apply_options
 from vecna_async.tasks.signature import Arg, Signature
 from vecna_async.tasks.workflows import Chain, Chord
 
@@ -68,8 +74,35 @@ def eta_ms(eta: datetime | None) -> int:
     return int(eta.timestamp() * 1000)
 
 
-def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessage:
-    """Fill in ``sig.id``/``sig.code`` (as the seed does) and build its TaskMessage."""
+class KnownTasks(Protocol):
+    """What a sending Server knows about the tasks it registered (``TaskRegistry``)."""
+
+    def options_of(self, name: str) -> Mapping[str, Any]: ...
+
+    def check_arguments(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], *, positional: bool = True
+    ) -> None: ...
+
+
+def prepare(
+    sig: Signature,
+    default_queue: str,
+    reply_to: str = "",
+    known: KnownTasks | None = None,
+    *,
+    args_first: bool = True,
+) -> TaskMessage:
+    """Fill in ``sig.id``/``sig.code`` (as the seed does) and build its TaskMessage.
+
+    With ``known``, the task's registered options fill the fields ``sig`` leaves at their
+    defaults (``sig`` shows what was sent, as its id does), and its arguments are checked
+    (ArgumentTypeError). ``args_first=False``: values will be put before its own args (an
+    ``on_success`` or ``on_error`` callback), so only its keywords can be checked."""
+    if known is not None:
+        options = known.options_of(sig.name)
+        if options:
+            apply_options(sig, options)
+        known.check_arguments(sig.name, sig.args, sig.kwargs, positional=args_first)
     if sig.id is None:
         sig.id = new_id()
     check_name("task id", sig.id)
@@ -84,8 +117,8 @@ def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessa
         arg_types.append(a.type if typed else "")
         arg_names.append(a.name if typed else "")
 
-    def child(s: Signature) -> TaskMessage:
-        return prepare(s, default_queue, reply_to)
+    def child(s: Signature, args_first: bool = True) -> TaskMessage:
+        return prepare(s, default_queue, reply_to, known, args_first=args_first)
 
     return TaskMessage(
         id=sig.id,
@@ -98,8 +131,8 @@ def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessa
         eta_ms=eta_ms(sig.eta),
         retry_count=sig.retry_count,
         retry_timeout=sig.retry_timeout,
-        on_success=[child(s) for s in sig.on_success],
-        on_error=[child(s) for s in sig.on_error],
+        on_success=[child(s, sig.immutable or s.immutable) for s in sig.on_success],
+        on_error=[child(s, False) for s in sig.on_error],
         chord_callback=child(sig.chord_callback) if sig.chord_callback else None,
         group_id=sig.group_id,
         group_task_count=sig.group_task_count,
@@ -116,21 +149,26 @@ def prepare(sig: Signature, default_queue: str, reply_to: str = "") -> TaskMessa
     )
 
 
-def prepare_chain(chain: Chain, default_queue: str, reply_to: str = "") -> TaskMessage:
-    """The chain's first message, with every later link nested as ``chain_next``."""
-    msgs = [prepare(s, default_queue, reply_to) for s in chain.tasks]
+def prepare_chain(
+    chain: Chain, default_queue: str, reply_to: str = "", known: KnownTasks | None = None
+) -> TaskMessage:
+    """The chain's first message, with every later link nested as ``chain_next`` (a link's
+    own args come first: the previous result is appended)."""
+    msgs = [prepare(s, default_queue, reply_to, known) for s in chain.tasks]
     head = msgs[-1]
     for m in reversed(msgs[:-1]):
         head = msgspec.structs.replace(m, chain_next=head)
     return head
 
 
-def prepare_chord(chord: Chord, default_queue: str, reply_to: str = "") -> list[TaskMessage]:
+def prepare_chord(
+    chord: Chord, default_queue: str, reply_to: str = "", known: KnownTasks | None = None
+) -> list[TaskMessage]:
     """The chord's member messages, each carrying the callback and its index in the group."""
-    callback = prepare(chord.callback, default_queue, reply_to)
+    callback = prepare(chord.callback, default_queue, reply_to, known)
     members = []
     for i, sig in enumerate(chord.group.tasks):
-        msg = prepare(sig, default_queue, reply_to)
+        msg = prepare(sig, default_queue, reply_to, known)
         members.append(msgspec.structs.replace(msg, chord_callback=callback, group_index=i))
     return members
 
@@ -156,8 +194,12 @@ def split_for_results(callback: TaskMessage, signer: Signer | None = None) -> tu
 
 def outgoing(msg: TaskMessage, max_bytes: int, signer: Signer | None = None) -> Outgoing:
     """Encode a message for the broker (signed when there is a ``signer``); refuse one over
-    ``max_bytes`` before anything is sent."""
-    body = encode(msg) if signer is None else signed_body(msg, signer)
+    ``max_bytes``, or one msgspec cannot encode (ArgumentTypeError naming the task and the
+    argument), before anything is sent."""
+    try:
+        body = encode(msg) if signer is None else signed_body(msg, signer)
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        raise _unencodable_part(msg, exc) from None
     if len(body) > max_bytes:
         raise MessageTooLarge(msg.name, len(body), max_bytes)
     due = msg.eta_ms if msg.eta_ms > time.time() * 1000 else 0
@@ -174,6 +216,22 @@ def outgoing(msg: TaskMessage, max_bytes: int, signer: Signer | None = None) -> 
         if msg.concurrency_limit or msg.rate_limit
         else "",
     )
+
+
+def _unencodable_part(msg: TaskMessage, exc: Exception) -> TypeError:
+    """Which argument (of which task: callbacks included) msgspec cannot encode."""
+    for m in walk([msg]):
+        values: list[tuple[int | str, Any]] = [*enumerate(m.args), *m.kwargs.items()]
+        for index, value in values:
+            try:
+                encode(value)
+            except (TypeError, ValueError, msgspec.EncodeError) as bad:
+                return unencodable(m.name, index, value, bad)
+        try:
+            encode(m.headers)
+        except (TypeError, ValueError, msgspec.EncodeError) as bad:
+            return TypeError(f"task {m.name!r}: headers: msgspec cannot encode them ({bad})")
+    return TypeError(f"task {msg.name!r}: msgspec cannot encode the message ({exc})")
 
 
 async def publish(

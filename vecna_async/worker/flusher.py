@@ -10,7 +10,8 @@ READONLY, a lost reply) is kept exactly as it was and sent again, before anythin
 same request id: if the first call was applied after all, Redis answers what it answered then,
 so no outcome is applied twice and none is taken for lost. Leases that expire meanwhile make the
 settle report those deliveries lost: at-least-once delivery doing its job (the message runs
-again elsewhere).
+again elsewhere). A delivery whose message no longer exists in Redis at all (Redis lost its
+data) is reported gone, and logged as such: nothing runs it again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vecna_async.backend.base import Backend, StateWrite
 from vecna_async.broker.base import Broker, ChordFailure, Claimed, Done, SettleBatch
 from vecna_async.messages import State, TaskState, encode
 from vecna_async.redis_errors import is_transient
+from vecna_async.worker.heartbeat import GONE_REASON, split_gone
 
 log = logging.getLogger("vecna_async.worker")
 Writes = dict[str, list[StateWrite]]
@@ -180,23 +182,29 @@ class Flusher:
     async def _send(self, queue: str, unsent: _Unsent) -> None:
         batch = unsent.batch
         reply = await self._broker.settle(batch) if len(batch) else []
-        lost: set[str] = set()
-        canceled: set[str] = set()
-        for entry in reply:  # "<token>", or "canceled:<token>" (see lua/settle.lua)
-            kind, _, token = entry.rpartition(":")
-            (canceled if kind == "canceled" else lost).add(token)
+        canceled = {e.removeprefix("canceled:") for e in reply if e.startswith("canceled:")}
+        lost, gone = split_gone([e for e in reply if not e.startswith("canceled:")])
+        runs = {d.token: d.task_id for d in batch.done}
+        runs.update((e[1], e[0]) for es in (batch.retry, batch.dead) for e in es)
         if self._store is not None:
-            dropped = lost | canceled
+            lost, gone = await self._finished_elsewhere(queue, runs, lost, gone)
+            dropped = {*lost, *gone, *canceled}
             await self._store.store(
                 [w for token, ws in unsent.writes.items() if token not in dropped for w in ws]
             )
-        lost_runs = [d.token for d in batch.done if d.token in lost]
-        if lost_runs:
+        if lost_runs := [t for t in lost if t in runs]:
             log.warning(
                 "%d outcome(s) in queue %r were not applied: the lease had expired and the "
                 "message was delivered again",
                 len(lost_runs),
                 queue,
+            )
+        if gone_runs := [t for t in gone if t in runs]:
+            log.warning(
+                "%d outcome(s) in queue %r were not applied: %s",
+                len(gone_runs),
+                queue,
+                GONE_REASON,
             )
         if canceled:
             log.info(
@@ -205,6 +213,21 @@ class Flusher:
                 queue,
             )
         self._on_settled(batch.tokens())
+
+    async def _finished_elsewhere(
+        self, queue: str, runs: dict[str, str], lost: list[str], gone: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """With states on a separate backend the broker cannot tell a message another delivery
+        finished (and acked) from one Redis lost: a final state on the backend tells."""
+        assert self._store is not None
+        still_gone = []
+        for token in gone:
+            state = await self._store.get_state(queue, runs[token]) if token in runs else None
+            if state is not None and state.is_completed():
+                lost.append(token)
+            else:
+                still_gone.append(token)
+        return lost, still_gone
 
     async def drain(self, timeout: float) -> bool:
         """Flush until nothing is buffered or ``timeout`` passes; True when all went out."""

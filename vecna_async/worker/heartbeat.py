@@ -4,7 +4,8 @@ Everything is keyed by delivery (the lease token), never by task id: after a sta
 can be delivered to this worker twice, and each delivery holds its own slot until its own
 settle lands. A delivery whose lease the heartbeat finds lost (it expired and the message went
 to another delivery) is stopped: its outcome would be fenced off anyway, and the other copy is
-the one that counts.
+the one that counts. So is one whose message no longer exists in Redis at all (reported
+``gone:<token>``: Redis lost its data), whose outcome could not be recorded anywhere.
 """
 
 from __future__ import annotations
@@ -19,6 +20,25 @@ from vecna_async.broker.base import Broker, Claimed
 from vecna_async.redis_errors import is_transient
 
 log = logging.getLogger("vecna_async.worker")
+GONE = "gone:"
+"""Marks a token in a settle or renewal reply whose message no longer exists in Redis."""
+GONE_REASON = (
+    "the message no longer exists in Redis (was Redis restarted without persistence? "
+    "see README 'Delivery guarantees')"
+)
+
+
+def split_gone(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """A settle's or renewal's lost tokens as (lost: the lease went to another delivery, gone:
+    the message no longer exists), each a plain token."""
+    lost: list[str] = []
+    gone: list[str] = []
+    for token in tokens:
+        if token.startswith(GONE):
+            gone.append(token[len(GONE) :])
+        else:
+            lost.append(token)
+    return lost, gone
 
 
 class InFlight:
@@ -95,7 +115,9 @@ class Heartbeat:
                 else:
                     log.exception("renewing %d lease(s) in %r failed", len(leases), queue)
                 continue
+            lost, gone = split_gone(lost)
             lost = [t for t in lost if t in self._in_flight.by_token]  # not settled meanwhile
+            gone = [t for t in gone if t in self._in_flight.by_token]
             if lost:
                 stopped = self._in_flight.stop(lost)
                 log.warning(
@@ -104,5 +126,15 @@ class Heartbeat:
                     "not count",
                     len(lost),
                     queue,
+                    stopped,
+                )
+            if gone:
+                stopped = self._in_flight.stop(gone)
+                log.warning(
+                    "lost the lease of %d message(s) in %r: %s; stopped %d run(s) of this "
+                    "worker whose outcome could not be recorded",
+                    len(gone),
+                    queue,
+                    GONE_REASON,
                     stopped,
                 )

@@ -2,8 +2,10 @@
 
 Parts (each its own module): the Consumer claims messages for free slots, the Executor runs each,
 the Flusher settles outcomes in batches, the Heartbeat renews leases, the CancelListener stops
-runs of tasks canceled while running, and (unless disabled) a Scheduler promotes due delayed
-entries. Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
+runs of tasks canceled while running, the ParkedWatch warns about messages of tasks this worker
+does not know, and (unless disabled) a Scheduler promotes due delayed entries. Before claiming,
+the worker writes its Server's declared schedules (``@server.periodic``) and opens its resources
+(``@server.on_worker_startup``). Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
 ``launch()``): claim nothing more, let running tasks finish for up to ``Config.shutdown_grace``
 seconds, then cancel the rest and hand their messages back to the queue at once, so no message
 waits for a lease to expire. A second signal (half a second after the first or later) skips
@@ -22,11 +24,13 @@ import anyio
 
 from vecna_async.broker.queues import QUEUE_REMEMBER_SECONDS
 from vecna_async.exceptions import BrokerUnavailable, WorkerStartupFailed
+from vecna_async.redis_errors import is_transient
 from vecna_async.worker.cancels import CancelListener
 from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
 from vecna_async.worker.heartbeat import Heartbeat, InFlight
+from vecna_async.worker.parked import ParkedWatch
 from vecna_async.worker.progress import progress_reporter
 from vecna_async.worker.taskset import TaskSet
 
@@ -93,6 +97,7 @@ class Worker:
         server = self._server
         async with server.connection() as rt:
             await self._preflight(rt)  # UnsupportedRedis ends launch() here, before any claim
+            await self._write_declared_schedules()
             registry = server.registry
             if not len(registry):
                 log.warning("worker %s has no registered tasks: it will claim nothing", self.name)
@@ -166,6 +171,12 @@ class Worker:
             services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
             services.start_soon(self._keep_queue_known, rt.broker)
             services.start_soon(cancels.run)
+            for queue in self.queues:
+                parked = ParkedWatch(
+                    rt.broker.listing, queue, self._server.registry.names, self.name,
+                    r.heartbeat_interval,
+                )  # fmt: skip
+                services.start_soon(parked.run)
             if self.run_scheduler:
                 services.start_soon(self._server.new_scheduler(self.queues).run)
             if threading.current_thread() is threading.main_thread():
@@ -209,6 +220,21 @@ class Worker:
                 return
             except BrokerUnavailable as exc:
                 log.warning("worker %s: startup checks wait for Redis: %s", self.name, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write_declared_schedules(self) -> None:
+        """``Server.write_declared_schedules``, retried while Redis is unreachable or refusing
+        for now; any other error ends ``launch()`` (the schedule cannot be stored)."""
+        delay = 0.1
+        while not self._quit_requested:
+            try:
+                await self._server.write_declared_schedules()
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("worker %s: declared schedules wait for Redis: %s", self.name, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
