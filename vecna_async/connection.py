@@ -16,7 +16,7 @@ idle-worker wake-up (BLPOP) whose socket timeout must outlast the block.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -26,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 
-from vecna_async.config import RedisConfig
+from vecna_async.config import RedisConfig, mask_url
 from vecna_async.exceptions import ConfigError
 from vecna_async.failover import FollowingSentinelPool, SentinelWatcher
 
@@ -62,7 +62,7 @@ def parse_url(url: str, *, field_name: str = "broker", master_name: str = "") ->
     try:
         return _parse(url, master_name)
     except (ValueError, IndexError) as exc:
-        shown = _mask(url)
+        shown = mask_url(url)
         raise ConfigError(f"{field_name}: cannot use URL {shown!r}: {exc}") from None
 
 
@@ -116,6 +116,16 @@ def _parse(url: str, master_name: str) -> RedisTarget:
     return RedisTarget("standalone", hosts, db, username, password, tls)
 
 
+def with_credentials(target: RedisTarget, cfg: RedisConfig) -> RedisTarget:
+    """The target with ``RedisConfig.username``/``password`` in place of the URL's own, where
+    they are set (they come from a secret: the environment or a mounted file)."""
+    username = cfg.username or target.username
+    password = cfg.password or target.password
+    if (username, password) == (target.username, target.password):
+        return target
+    return replace(target, username=username, password=password)
+
+
 def _auth(auth: str) -> tuple[str | None, str | None]:
     if not auth:
         return None, None
@@ -149,12 +159,6 @@ def text(value: Any) -> str:
 def raw(value: Any) -> bytes:
     """A Redis reply as bytes."""
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _mask(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    auth, at, tail = rest.rpartition("@")
-    return f"{scheme}{sep}***@{tail}" if at and auth else url
 
 
 @dataclass

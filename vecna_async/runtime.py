@@ -19,7 +19,7 @@ from vecna_async.backend.redis import RedisBackend, RedisBrokerStates
 from vecna_async.backend.results import ResultListener, ResultSource
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
-from vecna_async.connection import RedisClients, open_clients, parse_url
+from vecna_async.connection import RedisClients, open_clients, parse_url, with_credentials
 from vecna_async.exceptions import UnsupportedRedis
 from vecna_async.keys import Keys
 from vecna_async.preflight import check_redis
@@ -99,6 +99,7 @@ class Runtime:
 def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
     r = config.redis
     broker_target = parse_url(config.broker, field_name="broker", master_name=r.master_name)
+    broker_target = with_credentials(broker_target, r)
     broker_clients = open_clients(broker_target, r)
     separate = bool(config.result_backend) and config.result_backend != config.broker
     if separate:
@@ -106,6 +107,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         backend_target = parse_url(
             config.result_backend, field_name="result_backend", master_name=r.master_name
         )
+        backend_target = with_credentials(backend_target, r)
         backend_clients = open_clients(backend_target, r)
     else:
         backend_clients = broker_clients
