@@ -283,3 +283,23 @@ def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
         kwargs["ssl_certfile"] = cfg.tls_certfile
         kwargs["ssl_keyfile"] = cfg.tls_keyfile or None
     return kwargs
+
+
+def connection_name(name: str) -> str:
+    """``vecna:<name>`` as CLIENT SETNAME takes it (no spaces or newlines)."""
+    return "vecna:" + "".join(c if c.isprintable() and not c.isspace() else "_" for c in name)
+
+
+async def name_connections(clients: RedisClients, name: str) -> None:
+    """Make every connection these pools open from now on introduce itself as ``name`` (redis-py
+    sends ``CLIENT SETNAME`` when it connects), so ``CLIENT LIST`` shows whose it is; idle
+    connections opened before are closed (they reconnect named when next used)."""
+    for client in (clients.main, clients.blocking):
+        if isinstance(client, RedisCluster):
+            nodes = client.nodes_manager
+            nodes.connection_kwargs["client_name"] = name
+            for node in [*nodes.startup_nodes.values(), *nodes.nodes_cache.values()]:
+                node.connection_kwargs["client_name"] = name
+        else:
+            client.connection_pool.connection_kwargs["client_name"] = name
+            await client.connection_pool.disconnect(inuse_connections=False)

@@ -38,6 +38,13 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:{periodic}:defs    HASH  code -> periodic definition
     vecna:{periodic}:next    ZSET  code -> next fire time (epoch ms)
     vecna:{periodic}:bad     HASH  code -> a definition no scheduler can fire: raw, reason, when
+    vecna:{workers}:index    ZSET  worker name -> its last heartbeat (epoch ms, Redis's clock);
+                                   an entry whose HASH below has expired is pruned by readers and
+                                   by other workers' heartbeats
+    vecna:{workers}:w:<name> HASH  a live worker (worker/presence.py): host pid queues
+                                   concurrency running started last_seen done failed; expires
+                                   after PRESENCE_BEATS heartbeat intervals without a heartbeat,
+                                   deleted when the worker stops gracefully
 
 Keys of the previous release that are still read: ``vecna:{q}:x:<id>`` (a cancel tombstone) while
 ``vecna:{q}:canceling`` exists (both expire within ``results_expire_in``), and a ``vecna:queues``
@@ -125,6 +132,12 @@ class Keys:
         self.periodic_next = f"{prefix}:{{periodic}}:next"
         self.periodic_bad = f"{prefix}:{{periodic}}:bad"
         self.periodic_request_prefix = f"{prefix}:{{periodic}}:req:"
+        self.workers_index = f"{prefix}:{{workers}}:index"
+        self.worker_prefix = f"{prefix}:{{workers}}:w:"
+
+    def worker(self, name: str) -> str:
+        """The HASH describing one live worker (see ``worker/presence.py``)."""
+        return self.worker_prefix + name
 
     def reply_channel(self, server_id: str) -> str:
         return f"{self.prefix}:reply:{server_id}"

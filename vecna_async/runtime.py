@@ -22,7 +22,7 @@ from vecna_async.config import Config
 from vecna_async.connection import RedisClients, open_clients, parse_url, with_credentials
 from vecna_async.exceptions import UnsupportedRedis
 from vecna_async.keys import Keys
-from vecna_async.preflight import check_redis
+from vecna_async.preflight import check_channels, check_redis
 from vecna_async.scheduler.periodic import PeriodicStore
 from vecna_async.signing import Signer
 
@@ -51,7 +51,9 @@ class Runtime:
         """The startup checks (``vecna_async.preflight``) on the broker's Redis and a separate
         result backend's, run at most once per runtime: the warnings are logged once (WARNING)
         and returned; a Redis older than 7.0 raises UnsupportedRedis (every call, once found).
-        BrokerUnavailable if Redis cannot be reached (then a later call checks again)."""
+        BrokerUnavailable if Redis cannot be reached (then a later call checks again);
+        BrokerRefused if it refuses the credentials (WRONGPASS, NOAUTH) or the channels
+        (NOPERM): a configuration error, not an outage."""
         if self._checking is None:
             self._checking = anyio.Lock()
         async with self._checking:
@@ -68,10 +70,21 @@ class Runtime:
                 except UnsupportedRedis as exc:
                     self._refused = exc
                     raise
+                await self._check_channels()
                 for warning in warnings:
                     log.warning("%s", warning)
                 self._checked = warnings
             return self._checked
+
+    async def _check_channels(self) -> None:
+        """The channels this Server uses: the scheduler wake-ups on the broker's Redis, its
+        result replies on the backend's (the same Redis unless a separate backend is set)."""
+        timeout = self.config.redis.connect_timeout + self.config.redis.read_timeout
+        uses = {id(self.broker_clients): [self.keys.sched_channel]}
+        uses.setdefault(id(self.backend_clients), []).append(self.backend.reply_channel)
+        for clients in self._clients():
+            where = clients.target.describe()
+            await check_channels(clients.main, where, uses[id(clients)], timeout, self.keys.prefix)
 
     def _clients(self) -> list[RedisClients]:
         if self.separate_backend:

@@ -1,7 +1,9 @@
 """The worker's lifecycle: start its parts, run until asked to stop, then stop without losing work.
 
-Parts (each its own module): the Consumer claims messages for free slots, the Executor runs each,
-the Flusher settles outcomes in batches, the Heartbeat renews leases, and (unless disabled) a
+Parts (each its own module): at start (``startup``) the checks, waiting for Redis at most
+``startup_timeout``; then the Consumer claims messages for free slots, the Executor runs each,
+the Flusher settles outcomes in batches, the Heartbeat renews leases, the Presence keeps the
+worker in the registry of live workers (``vecna-async check``), and (unless disabled) a
 Scheduler promotes due delayed entries. Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
 ``launch()``): claim nothing more, let running tasks finish for up to ``Config.shutdown_grace``
 seconds, then cancel the rest and hand their messages back to the queue at once, so no message
@@ -20,16 +22,17 @@ from typing import TYPE_CHECKING
 import anyio
 
 from vecna_async.broker.queues import QUEUE_REMEMBER_SECONDS
-from vecna_async.exceptions import BrokerUnavailable
+from vecna_async.logs import log_fields
 from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
 from vecna_async.worker.heartbeat import Heartbeat, InFlight
+from vecna_async.worker.presence import Presence
+from vecna_async.worker.startup import name_worker_connections, wait_for_redis
 from vecna_async.worker.taskset import TaskSet
 
 if TYPE_CHECKING:
     from vecna_async.broker.redis import RedisBroker
-    from vecna_async.runtime import Runtime
     from vecna_async.server import Server
 
 log = logging.getLogger("vecna_async.worker")
@@ -42,12 +45,23 @@ SIGNAL_DEBOUNCE = 0.5
 class Worker:
     """Consumes one queue with at most ``concurrency`` tasks at once (0 = unlimited).
 
+    ``startup_timeout``: the longest ``launch()`` waits for an unreachable Redis at start before
+    it raises BrokerUnavailable (None: as long as it takes; set it before ``launch()``).
+
     >>> # worker = server.new_worker("emails", concurrency=10)
+    >>> # worker.startup_timeout = 60
     >>> # await worker.launch()      # until worker.quit(), SIGTERM/SIGINT or cancellation
     """
 
     def __init__(
-        self, server: Server, name: str, concurrency: int, queue: str, run_scheduler: bool
+        self,
+        server: Server,
+        name: str,
+        concurrency: int,
+        queue: str,
+        run_scheduler: bool,
+        *,
+        startup_timeout: float | None = None,
     ) -> None:
         if concurrency < 0:
             raise ValueError(f"concurrency must be >= 0 (0 = unlimited), got {concurrency}")
@@ -55,6 +69,7 @@ class Worker:
         self.concurrency = concurrency
         self.queue = queue
         self.run_scheduler = run_scheduler
+        self.startup_timeout = startup_timeout
         self._server = server
         self._error_handler: ErrorHandler | None = None
         self._consumer: Consumer | None = None
@@ -73,10 +88,17 @@ class Worker:
             self._consumer.stop()
 
     async def launch(self) -> None:
-        """Run until ``quit()``, a signal, or cancellation; then drain gracefully."""
+        """Run until ``quit()``, a signal, or cancellation; then drain gracefully. At start, a
+        wrong password, a refused ACL, a Redis older than 7.0 or an unreachable Redis past
+        ``startup_timeout`` raise (a VecnaError) before anything is claimed."""
+        with log_fields(worker=self.name, queue=self.queue):
+            await self._launch()
+
+    async def _launch(self) -> None:
         server = self._server
         async with server.connection() as rt:
-            await self._preflight(rt)  # UnsupportedRedis ends launch() here, before any claim
+            await wait_for_redis(rt, self.name, self.startup_timeout, lambda: self._quit_requested)
+            await name_worker_connections(rt, self.name)
             registry = server.registry
             if not len(registry):
                 log.warning("worker %s has no registered tasks: it will claim nothing", self.name)
@@ -95,6 +117,16 @@ class Worker:
                 rt.config.redis.max_message_bytes,
                 max_result_bytes=rt.config.redis.max_result_bytes,
                 signer=rt.signer,
+            )
+            presence = Presence(
+                rt.broker_clients.main,
+                rt.keys,
+                rt.broker.where,
+                name=self.name,
+                queues=[self.queue],
+                concurrency=self.concurrency,
+                interval=rt.config.redis.heartbeat_interval,
+                stats=lambda: (len(in_flight), executor.succeeded, executor.failed),
             )
             executor.error_handler = lambda sig, exc: (
                 self._error_handler(sig, exc) if self._error_handler else None
@@ -126,6 +158,7 @@ class Worker:
                 services.start_soon(flusher.run)
                 services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
                 services.start_soon(self._keep_queue_known, rt.broker)
+                services.start_soon(presence.run)
                 if self.run_scheduler:
                     services.start_soon(server.new_scheduler([self.queue]).run)
                 if threading.current_thread() is threading.main_thread():
@@ -139,19 +172,9 @@ class Worker:
                                 "worker %s stopped with outcomes it could not settle", self.name
                             )
                     services.cancel_scope.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await presence.leave()
             log.info("worker %s stopped", self.name)
-
-    async def _preflight(self, rt: Runtime) -> None:
-        """The startup checks (``Runtime.preflight``), retried while Redis cannot be reached."""
-        delay = 0.1
-        while not self._quit_requested:
-            try:
-                await rt.preflight()
-                return
-            except BrokerUnavailable as exc:
-                log.warning("worker %s: startup checks wait for Redis: %s", self.name, exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _consume(self, consumer: Consumer, in_flight: InFlight, grace: float) -> None:
         tasks = TaskSet()
