@@ -129,7 +129,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         backend_clients, keys, config.results_expire_in, channel, shares_broker=not separate
     )
     broker = RedisBroker(broker_clients, keys, config, state_store=backend if separate else None)
-    listener = ResultListener(backend_clients.main, channel)
+    listener = ResultListener(backend_clients.main, channel, backend_clients.target.describe())
     signer = Signer.from_keys(config.signing_keys)
     # with a separate backend, RECEIVED (and PENDING) are what the broker's message record says
     broker_states = (

@@ -21,6 +21,7 @@ import anyio
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from tests.support.redis_procs import RedisProcess
 from tests.support.vecna import eventually, running_worker, tuned
@@ -248,6 +249,14 @@ async def test_a_busy_script_is_waited_out(
                     await killer.script_kill()
                 finally:
                     await killer.aclose()
+
+                async def script_gone() -> bool:  # a killed script stops at its next check
+                    try:
+                        return bool(await admin.ping())
+                    except ResponseError:
+                        return False
+
+                await eventually(script_gone, timeout=10)
                 r3 = await srv.send_task(Signature("echo", args=[3]))
                 assert await r3.get(timeout=10) == 3
     finally:
