@@ -23,6 +23,8 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
                                    other Servers waiting for the task (capped), same expiry
     vecna:{q}:parked         SET   names of parked tasks (claimed by workers that did not know them)
     vecna:{q}:parked:<name>  ZSET  parked ids of that task name, with their order score
+    vecna:{q}:parked_since   ZSET  parked id -> when it was parked (epoch ms): after
+                                   RedisConfig.parked_max_age it is dead-lettered
     vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim/settle call (redis-py
                                    and our own retries resend a call whose reply was lost)
     vecna:{q}:tombstones     ZSET  canceled ids that must never run -> until when (epoch ms; +inf
@@ -103,6 +105,7 @@ class QueueKeys(NamedTuple):
     legacy_tombstone_prefix: str
     legacy_canceling: str
     watchers_prefix: str
+    parked_since: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
@@ -176,6 +179,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         legacy_tombstone_prefix=base + "x:",
         legacy_canceling=base + "canceling",
         watchers_prefix=base + "w:",
+        parked_since=base + "parked_since",
     )
 
 

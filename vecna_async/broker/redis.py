@@ -190,7 +190,7 @@ class RedisBroker:
         args = [
             nonce, uuid.uuid4().hex, max_n, self._lease_ms, r.max_deliveries, self._flag,
             self._ttl, max(100, max_n), self._resend_window, self._max_step_ms,
-            r.dead_letters_max, r.dead_letters_max_age * 1000,
+            r.dead_letters_max, r.dead_letters_max_age * 1000, r.parked_max_age * 1000,
             *task_names,
         ]  # fmt: skip
         flat = await self._script("claim", queue, args, self._claim_conn)

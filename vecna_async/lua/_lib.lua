@@ -23,7 +23,7 @@ local function queue_from(packed)
     tombstones = list[12], chord = list[13], dead_pending = list[14],
     clock = list[15], probe_a = list[16], probe_b = list[17],
     legacy_tombstone = list[18], legacy_canceling = list[19], watchers = list[20],
-    name = list[21],
+    parked_since = list[21], name = list[22],
   }
 end
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
+from redis.asyncio.cluster import RedisCluster
 
 from vecna_async.connection import connection_name, name_connections
 from vecna_async.exceptions import BrokerRefused, BrokerUnavailable
@@ -61,9 +62,14 @@ async def name_worker_connections(rt: Runtime, name: str) -> None:
     LIST`` shows who is who). An ACL that refuses ``CLIENT SETNAME`` leaves them unnamed rather
     than fail every connection."""
     client_name = connection_name(name)
+    client = rt.broker_clients.main
     try:
         with redis_errors(rt.broker_clients.target.describe(), "naming its connections"):
-            await rt.broker_clients.main.execute_command("CLIENT", "SETNAME", client_name)
+            if isinstance(client, RedisCluster):  # a command without a key: name any node
+                node = client.get_random_node()
+                await client.execute_command("CLIENT", "SETNAME", client_name, target_nodes=node)
+            else:
+                await client.client_setname(client_name)
     except BrokerRefused as exc:
         if exc.reply.startswith("NOPERM"):
             log.info("worker %s: connections stay unnamed (%s)", name, exc.reply)
