@@ -27,6 +27,9 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
                                    RedisConfig.parked_max_age it is dead-lettered
     vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim/settle call (redis-py
                                    and our own retries resend a call whose reply was lost)
+    vecna:{q}:fired:<code>   HASH  periodic code's chunk of messages -> the last tick enqueued
+                                   into this queue (epoch ms): a tick fires at most once, however
+                                   many schedulers fire it; expires a day after the last firing
     vecna:{q}:tombstones     ZSET  canceled ids that must never run -> until when (epoch ms; +inf
                                    for an id not enqueued yet: a canceled chain link or chord
                                    callback waits for its predecessor however long that takes)
@@ -106,6 +109,7 @@ class QueueKeys(NamedTuple):
     legacy_canceling: str
     watchers_prefix: str
     parked_since: str
+    fired_prefix: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
@@ -121,6 +125,9 @@ class QueueKeys(NamedTuple):
 
     def chord_fired(self, group_id: str) -> str:
         return self.chord_results(group_id) + ":fired"
+
+    def periodic_fired(self, code: str) -> str:
+        return self.fired_prefix + code
 
 
 class Keys:
@@ -180,6 +187,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         legacy_canceling=base + "canceling",
         watchers_prefix=base + "w:",
         parked_since=base + "parked_since",
+        fired_prefix=base + "fired:",
     )
 
 

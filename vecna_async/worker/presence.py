@@ -33,6 +33,7 @@ log = logging.getLogger("vecna_async.worker")
 PRESENCE_BEATS = 3
 """Heartbeat intervals without a heartbeat after which a worker no longer counts as alive."""
 LIST_LIMIT = 10_000
+BACKOFF_CAP = 5.0
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,15 @@ class Presence:
     async def run(self) -> None:
         """Heartbeat every interval until cancelled; an outage is waited out (the consumer and the
         lease heartbeat already report it), and the entry expires meanwhile if it lasts."""
+        pause = self._interval
         while True:
             try:
                 await self.beat()
+                pause = self._interval
             except Exception as exc:
                 log.debug("worker %s: registry heartbeat failed (%s)", self._name, exc)
-            await anyio.sleep(self._interval)
+                pause = min(pause * 2, max(self._interval, BACKOFF_CAP))  # spare a sick Redis
+            await anyio.sleep(pause)
 
     async def beat(self) -> None:
         running, done, failed = self._stats()

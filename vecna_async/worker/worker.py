@@ -119,7 +119,9 @@ class Worker:
                 signer=rt.signer,
             )
             presence = Presence(
-                rt.broker_clients.main,
+                # not the main pool: redis-py serialises its pool's releases, and a beat failing
+                # against a hung Redis would hold up every other caller of that pool
+                rt.broker_clients.blocking,
                 rt.keys,
                 rt.broker.where,
                 name=self.name,
