@@ -393,13 +393,13 @@ def test_a_seed_config_yml_loads_unchanged(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("build", "field"),
     [
-        (lambda: Config(results_expire_in="soon"), "results_expire_in"),
-        (lambda: RedisConfig(max_active="100"), "redis.max_active"),
-        (lambda: RedisConfig(wait="yes"), "redis.wait"),
-        (lambda: RedisConfig(lease_timeout=None), "redis.lease_timeout"),
-        (lambda: Config(default_queue=5), "default_queue"),
-        (lambda: Config(signing_keys="0123456789abcdef"), "signing_keys"),
-        (lambda: Config(redis={"max_active": 5}), "redis"),
+        (lambda: Config(results_expire_in="soon"), "results_expire_in"),  # type: ignore[arg-type]
+        (lambda: RedisConfig(max_active="100"), "redis.max_active"),  # type: ignore[arg-type]
+        (lambda: RedisConfig(wait="yes"), "redis.wait"),  # type: ignore[arg-type]
+        (lambda: RedisConfig(lease_timeout=None), "redis.lease_timeout"),  # type: ignore[arg-type]
+        (lambda: Config(default_queue=5), "default_queue"),  # type: ignore[arg-type]
+        (lambda: Config(signing_keys="0123456789abcdef"), "signing_keys"),  # type: ignore[arg-type]
+        (lambda: Config(redis={"max_active": 5}), "redis"),  # type: ignore[arg-type]
     ],
 )
 def test_a_wrong_type_in_code_is_a_config_error_naming_the_field(build: Any, field: str) -> None:
