@@ -1,7 +1,9 @@
-"""The command line: ``vecna-async worker pkg.module:server [options]``.
+"""The command line: ``vecna-async worker pkg.module:server [options]`` and ``vecna-async check``.
 
-``python -m vecna_async worker ...`` is the same. ``--processes N`` starts N worker processes and
-restarts any that dies; SIGTERM/SIGINT stops them all gracefully.
+``python -m vecna_async ...`` is the same. Exit status: 0 done (or healthy); 1 an error at start
+(a VecnaError: a bad setting, credentials Redis refuses, an unsupported Redis, Redis unreachable
+past ``--startup-timeout``) or an unhealthy check, as one line without a traceback; 2 a usage
+error (a bad ``module:attribute``).
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ import argparse
 import importlib
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 
 import anyio
+import msgspec
 
+from vecna_async import logs
+from vecna_async.config import Config
 from vecna_async.exceptions import VecnaError
 from vecna_async.server import Server
+from vecna_async.supervisor import BOOT_ERROR, default_name, supervise
 
 log = logging.getLogger("vecna_async.cli")
 
@@ -50,6 +53,16 @@ def load_server(target: str) -> Server:
     return obj
 
 
+def target_server(args: argparse.Namespace) -> Server:
+    """TARGET (``pkg.module:server``) or ``--broker URL`` (then the rest of the configuration
+    comes from the ``VECNA_*`` environment, as ``Config.from_env``)."""
+    if bool(args.target) == bool(args.broker):
+        raise CliError("give the Server as pkg.module:server, or a Redis URL with --broker")
+    if args.broker:
+        return Server(msgspec.structs.replace(Config.from_env(), broker=args.broker))
+    return load_server(args.target)
+
+
 def run_async(main: object) -> None:
     """Run a coroutine function under asyncio, with uvloop when it is installed."""
     try:
@@ -61,60 +74,64 @@ def run_async(main: object) -> None:
     anyio.run(main, backend="asyncio", backend_options=options)  # type: ignore[arg-type]
 
 
+def setup_logging(args: argparse.Namespace) -> None:
+    """After the app was imported, so its own logging setup (if any) is left alone."""
+    if args.no_log_config:
+        return
+    if not logs.configure(args.log_level or "INFO", args.log_format) and args.log_level:
+        logging.getLogger("vecna_async").setLevel(args.log_level.upper())
+
+
 def worker_command(args: argparse.Namespace) -> int:
     server = load_server(args.target)
-    if args.processes > 1:
-        return supervise(args)
+    setup_logging(args)
+    name = args.name or default_name()
+    if args.processes is not None:
+        return supervise(child_argv(args), args.processes, name)
     worker = server.new_worker(
-        args.name or f"{os.uname().nodename}-{os.getpid()}",
-        args.concurrency,
-        queue=args.queue,
-        scheduler=not args.no_scheduler,
+        name, args.concurrency, queues=args.queue or None, scheduler=not args.no_scheduler
     )
-    run_async(worker.launch)
+    worker.startup_timeout = args.startup_timeout
+    try:
+        run_async(worker.launch)
+    except VecnaError as exc:
+        if not args.supervised:
+            raise
+        print(f"vecna-async: error: {exc}", file=sys.stderr)
+        return BOOT_ERROR
     return 0
 
 
-def supervise(args: argparse.Namespace) -> int:
-    """Keep ``--processes`` single-process workers running; stop them all on a signal."""
-    base = [sys.executable, "-m", "vecna_async", "worker", args.target, "--processes", "1"]
-    base += ["--concurrency", str(args.concurrency), "--log-level", args.log_level]
-    if args.queue:
-        base += ["--queue", args.queue]
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of one supervised worker process (``--name`` is added per child)."""
+    argv = ["worker", args.target, "--supervised", "--concurrency", str(args.concurrency)]
+    for queue in args.queue or ():
+        argv += ["--queue", queue]
     if args.no_scheduler:
-        base.append("--no-scheduler")
-    name = args.name or f"{os.uname().nodename}-{os.getpid()}"
+        argv.append("--no-scheduler")
+    if args.startup_timeout is not None:
+        argv += ["--startup-timeout", str(args.startup_timeout)]
+    if args.log_level:
+        argv += ["--log-level", args.log_level]
+    if args.no_log_config:
+        argv.append("--no-log-config")
+    return [*argv, "--log-format", args.log_format]
 
-    def spawn(i: int) -> subprocess.Popen[bytes]:
-        # Own process group: a Ctrl-C in the terminal reaches the children only through us,
-        # once, instead of twice (which a worker would take as "skip the grace period").
-        return subprocess.Popen([*base, "--name", f"{name}-{i}"], process_group=0)
 
-    children = {i: spawn(i) for i in range(args.processes)}
-    stopping = False
+def check_command(args: argparse.Namespace) -> int:
+    from vecna_async.health import check
 
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while children:
-        for i, child in list(children.items()):
-            code = child.poll()
-            if code is None:
-                continue
-            if stopping:
-                del children[i]
-            else:
-                log.warning("worker process %d exited with %s; restarting it", child.pid, code)
-                time.sleep(1.0)
-                children[i] = spawn(i)
-        time.sleep(0.2)
-    return 0
+    server = target_server(args)
+    if args.log_level:
+        setup_logging(args)
+    verdict = anyio.run(
+        lambda: check(server, worker=args.worker, any_worker=args.any_worker, timeout=args.timeout)
+    )
+    if verdict.healthy:
+        print(f"ok: {verdict.line}")
+        return 0
+    print(f"vecna-async: check failed: {verdict.line}", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,26 +140,83 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run a worker for the Server at pkg.module:attribute")
     w.add_argument("target", help="where the Server is, e.g. myapp.tasks:server")
     w.add_argument("--concurrency", "-c", type=int, default=10, help="tasks at once (0 = no limit)")
-    w.add_argument("--queue", "-q", default=None, help="queue to consume (default_queue if unset)")
+    w.add_argument(
+        "--queue",
+        "-q",
+        action="append",
+        help="a queue to consume; repeat it for several, served in strict order (the first is "
+        "drained before the next gets a slot); default_queue if none",
+    )
     w.add_argument("--name", "-n", default="", help="worker name (default: host-pid)")
-    w.add_argument("--processes", "-p", type=int, default=1, help="worker processes to run")
+    w.add_argument(
+        "--processes",
+        "-p",
+        type=positive_int,
+        default=None,
+        help="run N worker processes under a supervisor that restarts any that dies (also for "
+        "N=1); without it the worker runs in this process, and nothing restarts it if it dies",
+    )
     w.add_argument("--no-scheduler", action="store_true", help="do not run a scheduler here")
-    w.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ...")
+    w.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit with status 1 if Redis cannot be reached within this many seconds of "
+        "starting (default: wait as long as it takes); a running worker always waits outages out",
+    )
+    add_logging_options(w)
+    w.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     w.set_defaults(func=worker_command)
+
+    c = sub.add_parser(
+        "check",
+        help="exit 0 if Redis answers (and a worker is alive), 1 otherwise: a health probe",
+    )
+    c.add_argument("target", nargs="?", default="", help="pkg.module:server (or use --broker)")
+    c.add_argument("--broker", default="", help="a Redis URL instead of TARGET (other settings "
+                   "from VECNA_* variables)")  # fmt: skip
+    who = c.add_mutually_exclusive_group()
+    who.add_argument("--worker", metavar="NAME", help="a live worker of this name (glob: 'web-*')")
+    who.add_argument("--any-worker", action="store_true", help="any live worker")
+    c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
+    c.add_argument("--log-level", default=None, help=argparse.SUPPRESS)
+    c.set_defaults(func=check_command, no_log_config=False, log_format="text")
     return parser
+
+
+def add_logging_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO (the default), WARNING ...; with the app's own logging setup, the "
+        "level of the vecna_async loggers",
+    )
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="text (default) or json"
+    )
+    p.add_argument(
+        "--no-log-config",
+        action="store_true",
+        help="leave logging to the app (by default it is set up only if the app did not)",
+    )
+
+
+def positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         return int(args.func(args))
     except CliError as exc:
         print(f"vecna-async: error: {exc}", file=sys.stderr)
         return 2
-    except VecnaError as exc:  # at startup: a bad setting, an unsupported Redis ...
+    except VecnaError as exc:  # at startup: a bad setting, refused credentials, old Redis ...
         print(f"vecna-async: error: {exc}", file=sys.stderr)
         return 1
 

@@ -16,7 +16,7 @@ idle-worker wake-up (BLPOP) whose socket timeout must outlast the block.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -26,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 
-from vecna_async.config import RedisConfig
+from vecna_async.config import RedisConfig, mask_url
 from vecna_async.exceptions import ConfigError
 from vecna_async.failover import FollowingSentinelPool, SentinelWatcher
 
@@ -62,7 +62,7 @@ def parse_url(url: str, *, field_name: str = "broker", master_name: str = "") ->
     try:
         return _parse(url, master_name)
     except (ValueError, IndexError) as exc:
-        shown = _mask(url)
+        shown = mask_url(url)
         raise ConfigError(f"{field_name}: cannot use URL {shown!r}: {exc}") from None
 
 
@@ -116,6 +116,16 @@ def _parse(url: str, master_name: str) -> RedisTarget:
     return RedisTarget("standalone", hosts, db, username, password, tls)
 
 
+def with_credentials(target: RedisTarget, cfg: RedisConfig) -> RedisTarget:
+    """The target with ``RedisConfig.username``/``password`` in place of the URL's own, where
+    they are set (they come from a secret: the environment or a mounted file)."""
+    username = cfg.username or target.username
+    password = cfg.password or target.password
+    if (username, password) == (target.username, target.password):
+        return target
+    return replace(target, username=username, password=password)
+
+
 def _auth(auth: str) -> tuple[str | None, str | None]:
     if not auth:
         return None, None
@@ -149,12 +159,6 @@ def text(value: Any) -> str:
 def raw(value: Any) -> bytes:
     """A Redis reply as bytes."""
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _mask(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    auth, at, tail = rest.rpartition("@")
-    return f"{scheme}{sep}***@{tail}" if at and auth else url
 
 
 @dataclass
@@ -279,3 +283,23 @@ def _tls_kwargs(cfg: RedisConfig) -> dict[str, Any]:
         kwargs["ssl_certfile"] = cfg.tls_certfile
         kwargs["ssl_keyfile"] = cfg.tls_keyfile or None
     return kwargs
+
+
+def connection_name(name: str) -> str:
+    """``vecna:<name>`` as CLIENT SETNAME takes it (no spaces or newlines)."""
+    return "vecna:" + "".join(c if c.isprintable() and not c.isspace() else "_" for c in name)
+
+
+async def name_connections(clients: RedisClients, name: str) -> None:
+    """Make every connection these pools open from now on introduce itself as ``name`` (redis-py
+    sends ``CLIENT SETNAME`` when it connects), so ``CLIENT LIST`` shows whose it is; idle
+    connections opened before are closed (they reconnect named when next used)."""
+    for client in (clients.main, clients.blocking):
+        if isinstance(client, RedisCluster):
+            nodes = client.nodes_manager
+            nodes.connection_kwargs["client_name"] = name
+            for node in [*nodes.startup_nodes.values(), *nodes.nodes_cache.values()]:
+                node.connection_kwargs["client_name"] = name
+        else:
+            client.connection_pool.connection_kwargs["client_name"] = name
+            await client.connection_pool.disconnect(inuse_connections=False)

@@ -24,8 +24,13 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
                                    other Servers waiting for the task (capped), same expiry
     vecna:{q}:parked         SET   names of parked tasks (claimed by workers that did not know them)
     vecna:{q}:parked:<name>  ZSET  parked ids of that task name, with their order score
+    vecna:{q}:parked_since   ZSET  parked id -> when it was parked (epoch ms): after
+                                   RedisConfig.parked_max_age it is dead-lettered
     vecna:{q}:req:<token>    STR   idempotency record of one enqueue/claim/settle call (redis-py
                                    and our own retries resend a call whose reply was lost)
+    vecna:{q}:fired:<code>   HASH  periodic code's chunk of messages -> the last tick enqueued
+                                   into this queue (epoch ms): a tick fires at most once, however
+                                   many schedulers fire it; expires a day after the last firing
     vecna:{q}:tombstones     ZSET  canceled ids that must never run -> until when (epoch ms; +inf
                                    for an id not enqueued yet: a canceled chain link or chord
                                    callback waits for its predecessor however long that takes)
@@ -44,6 +49,13 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:{periodic}:defs    HASH  code -> periodic definition
     vecna:{periodic}:next    ZSET  code -> next fire time (epoch ms)
     vecna:{periodic}:bad     HASH  code -> a definition no scheduler can fire: raw, reason, when
+    vecna:{workers}:index    ZSET  worker name -> its last heartbeat (epoch ms, Redis's clock);
+                                   an entry whose HASH below has expired is pruned by readers and
+                                   by other workers' heartbeats
+    vecna:{workers}:w:<name> HASH  a live worker (worker/presence.py): host pid queues
+                                   concurrency running started last_seen done failed; expires
+                                   after PRESENCE_BEATS heartbeat intervals without a heartbeat,
+                                   deleted when the worker stops gracefully
 
 Keys of the previous release that are still read: ``vecna:{q}:x:<id>`` (a cancel tombstone) while
 ``vecna:{q}:canceling`` exists (both expire within ``results_expire_in``), and a ``vecna:queues``
@@ -108,6 +120,8 @@ class QueueKeys(NamedTuple):
     limit_specs: str
     progress_prefix: str
     watchers_prefix: str
+    parked_since: str
+    fired_prefix: str
 
     def record(self, task_id: str) -> str:
         return self.record_prefix + task_id
@@ -127,6 +141,9 @@ class QueueKeys(NamedTuple):
     def chord_fired(self, group_id: str) -> str:
         return self.chord_results(group_id) + ":fired"
 
+    def periodic_fired(self, code: str) -> str:
+        return self.fired_prefix + code
+
 
 class Keys:
     """Builds key and channel names under one prefix (``RedisConfig.key_prefix``)."""
@@ -141,6 +158,12 @@ class Keys:
         self.periodic_next = f"{prefix}:{{periodic}}:next"
         self.periodic_bad = f"{prefix}:{{periodic}}:bad"
         self.periodic_request_prefix = f"{prefix}:{{periodic}}:req:"
+        self.workers_index = f"{prefix}:{{workers}}:index"
+        self.worker_prefix = f"{prefix}:{{workers}}:w:"
+
+    def worker(self, name: str) -> str:
+        """The HASH describing one live worker (see ``worker/presence.py``)."""
+        return self.worker_prefix + name
 
     def reply_channel(self, server_id: str) -> str:
         return f"{self.prefix}:reply:{server_id}"
@@ -184,6 +207,8 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         limit_specs=base + "limit_specs",
         progress_prefix=base + "p:",
         watchers_prefix=base + "w:",
+        parked_since=base + "parked_since",
+        fired_prefix=base + "fired:",
     )
 
 

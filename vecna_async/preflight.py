@@ -10,6 +10,12 @@ Run once per process when a worker or an embedded scheduler starts (``Runtime.pr
 
 Missing INFO fields (a proxy, a fork that leaves some out, an ACL that refuses INFO) are not
 judged. On a Cluster every master is checked and the warnings name the node.
+
+``check_channels`` makes sure the Redis user may use vecna's pub/sub channels: an ACL user made
+without channel rights (Redis 7's default, ``acl-pubsub-default resetchannels``) can run every
+script but gets ``NOPERM`` on ``SUBSCRIBE``, so its schedulers would never be woken and its result
+waiters would wait for the re-read. That is refused at start (``BrokerRefused``, naming the
+channels and the ACL rule to add) instead of being retried, with warnings, for ever.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
 from vecna_async.broker.redis import unavailable_as
 from vecna_async.connection import AnyRedis, text
-from vecna_async.exceptions import UnsupportedRedis
+from vecna_async.exceptions import BrokerRefused, BrokerUnavailable, UnsupportedRedis
 
 log = logging.getLogger("vecna_async.preflight")
 MIN_VERSION = (7, 0)
@@ -46,6 +53,40 @@ async def check_redis(client: AnyRedis, where: str) -> list[str]:
             return warnings
         info, save = await _read(client)
     return judge(info, save, where)
+
+
+async def check_channels(
+    client: AnyRedis, where: str, channels: list[str], timeout: float, prefix: str
+) -> None:
+    """Subscribe to ``channels`` and leave again; raises BrokerRefused (``NOPERM ...``, with the
+    ACL rule that fixes it: ``&<prefix>:*``) when the user may not, BrokerUnavailable when Redis
+    cannot be reached or does not confirm within ``timeout`` seconds."""
+    pubsub = client.pubsub()
+    try:
+        async with unavailable_as(where, "subscribing to its channels"):
+            await pubsub.subscribe(*channels)
+            confirmed = 0
+            with anyio.move_on_after(timeout):
+                while confirmed < len(channels):
+                    msg = await pubsub.get_message(timeout=timeout)
+                    if msg and msg.get("type") == "subscribe":
+                        confirmed += 1
+        if confirmed < len(channels):
+            raise BrokerUnavailable(
+                f"cannot reach Redis at {where}: SUBSCRIBE was not confirmed within {timeout:g}s"
+            )
+    except BrokerRefused as exc:
+        if not exc.reply.startswith("NOPERM"):
+            raise
+        raise BrokerRefused(
+            where,
+            f"{exc.reply} (vecna_async publishes and subscribes to {', '.join(channels)}: let "
+            f"the Redis user use its channels: ACL SETUSER <user> &{prefix}:*)",
+            "subscribing to its channels",
+        ) from exc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def _read(target: Redis | ClusterNode) -> tuple[dict[str, Any], str | None]:

@@ -5,8 +5,10 @@ out, the connection dropped, a cluster node unknown), or Redis answered with an 
 (``BrokerRefused``, naming the reply). Replies that go away by themselves (out of memory, a
 read-only replica after a failover, a busy script, a loading or migrating server, a cluster
 that is down) are ``BrokerRefused.transient``: the worker's loops back off and retry those and
-keep the outcomes they hold; ``send_task`` raises them to the caller. The redis-py exception is
-kept as ``__cause__``.
+keep the outcomes they hold; ``send_task`` raises them to the caller. Credentials Redis refuses
+(``WRONGPASS``, ``NOAUTH``: redis-py raises those as a kind of ConnectionError) are a
+``BrokerRefused`` that is not transient, never an outage to wait out: a worker that starts with
+a wrong password stops at once. The redis-py exception is kept as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,6 +38,8 @@ def redis_errors(where: str, doing: str = "") -> Iterator[None]:
     """Re-raise redis-py's errors as vecna's, saying where (and what we were doing)."""
     try:
         yield
+    except (AuthenticationError, AuthorizationError) as exc:  # before REDIS_DOWN: a subclass
+        raise BrokerRefused(where, auth_reply(exc), doing) from exc
     except REDIS_DOWN as exc:
         raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
     except ResponseError as exc:
@@ -49,6 +60,15 @@ def reply_text(exc: ResponseError) -> str:
     if code and not message.startswith(f"{code} "):
         return f"{code} {message}"
     return message
+
+
+def auth_reply(exc: AuthenticationError | AuthorizationError) -> str:
+    """The refusal with Redis's code: redis-py strips it, and raises some without one (``ERR
+    invalid password`` of old servers)."""
+    code = getattr(exc, "status_code", None)
+    if not code:
+        code = "NOPERM" if isinstance(exc, AuthorizationError) else "WRONGPASS"
+    return f"{code} {exc}"
 
 
 def is_transient(exc: BaseException) -> bool:

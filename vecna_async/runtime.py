@@ -19,10 +19,10 @@ from vecna_async.backend.redis import RedisBackend, RedisBrokerStates
 from vecna_async.backend.results import Canceler, ResultListener, ResultSource
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
-from vecna_async.connection import RedisClients, open_clients, parse_url
+from vecna_async.connection import RedisClients, open_clients, parse_url, with_credentials
 from vecna_async.exceptions import UnsupportedRedis
 from vecna_async.keys import Keys
-from vecna_async.preflight import check_redis
+from vecna_async.preflight import check_channels, check_redis
 from vecna_async.scheduler.periodic import PeriodicStore
 from vecna_async.signing import Signer
 
@@ -51,7 +51,9 @@ class Runtime:
         """The startup checks (``vecna_async.preflight``) on the broker's Redis and a separate
         result backend's, run at most once per runtime: the warnings are logged once (WARNING)
         and returned; a Redis older than 7.0 raises UnsupportedRedis (every call, once found).
-        BrokerUnavailable if Redis cannot be reached (then a later call checks again)."""
+        BrokerUnavailable if Redis cannot be reached (then a later call checks again);
+        BrokerRefused if it refuses the credentials (WRONGPASS, NOAUTH) or the channels
+        (NOPERM): a configuration error, not an outage."""
         if self._checking is None:
             self._checking = anyio.Lock()
         async with self._checking:
@@ -68,10 +70,21 @@ class Runtime:
                 except UnsupportedRedis as exc:
                     self._refused = exc
                     raise
+                await self._check_channels()
                 for warning in warnings:
                     log.warning("%s", warning)
                 self._checked = warnings
             return self._checked
+
+    async def _check_channels(self) -> None:
+        """The channels this Server uses: the scheduler wake-ups on the broker's Redis, its
+        result replies on the backend's (the same Redis unless a separate backend is set)."""
+        timeout = self.config.redis.connect_timeout + self.config.redis.read_timeout
+        uses = {id(self.broker_clients): [self.keys.sched_channel]}
+        uses.setdefault(id(self.backend_clients), []).append(self.backend.reply_channel)
+        for clients in self._clients():
+            where = clients.target.describe()
+            await check_channels(clients.main, where, uses[id(clients)], timeout, self.keys.prefix)
 
     def _clients(self) -> list[RedisClients]:
         if self.separate_backend:
@@ -109,6 +122,7 @@ def cancel_running(broker: RedisBroker) -> Canceler:
 def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
     r = config.redis
     broker_target = parse_url(config.broker, field_name="broker", master_name=r.master_name)
+    broker_target = with_credentials(broker_target, r)
     broker_clients = open_clients(broker_target, r)
     separate = bool(config.result_backend) and config.result_backend != config.broker
     if separate:
@@ -116,6 +130,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         backend_target = parse_url(
             config.result_backend, field_name="result_backend", master_name=r.master_name
         )
+        backend_target = with_credentials(backend_target, r)
         backend_clients = open_clients(backend_target, r)
     else:
         backend_clients = broker_clients
@@ -124,7 +139,7 @@ def open_runtime(config: Config, keys: Keys, server_id: str) -> Runtime:
         backend_clients, keys, config.results_expire_in, channel, shares_broker=not separate
     )
     broker = RedisBroker(broker_clients, keys, config, state_store=backend if separate else None)
-    listener = ResultListener(backend_clients.main, channel)
+    listener = ResultListener(backend_clients.main, channel, backend_clients.target.describe())
     signer = Signer.from_keys(config.signing_keys)
     # with a separate backend, RECEIVED (and PENDING) are what the broker's message record says
     broker_states = (

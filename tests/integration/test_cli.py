@@ -149,6 +149,21 @@ async def test_console_script_worker_runs_a_task_and_stops_on_sigterm(
     assert "worker cli-worker stopped" in read_log(tmp_path / "worker.log")
 
 
+@pytest.mark.anyio
+async def test_repeated_queue_options_consume_several_queues_in_order(
+    config: Config, server: Server, tmp_path: Path
+) -> None:
+    argv = [CONSOLE_SCRIPT, "worker", APP, "--queue", "urgent", "--queue", "vecna_tasks"]
+    log = tmp_path / "worker.log"
+    async with cli_process(argv, config, log) as proc:
+        urgent = await server.send_task(Signature("slow", args=[1, 0.0], routing_key="urgent"))
+        normal = await server.send_task(Signature("slow", args=[2, 0.0]))
+        assert [await urgent.get(timeout=15), await normal.get(timeout=15)] == [1, 2]
+        proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(proc, 10) == 0
+    assert ": queues urgent, vecna_tasks, concurrency" in read_log(log)
+
+
 async def both_children_ready(log: Path) -> bool:
     return read_log(log).count(READY_LINE) >= 2
 

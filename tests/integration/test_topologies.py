@@ -45,6 +45,7 @@ from tests.support.redis_procs import (
 from tests.support.vecna import running_worker
 from vecna_async import (
     AsyncResult,
+    BrokerRefused,
     BrokerUnavailable,
     Config,
     RedisConfig,
@@ -289,8 +290,9 @@ async def test_acl_user_limited_to_the_key_prefix(pw_proc: RedisProcess) -> None
 
 @pytest.mark.parametrize("auth", ["wrong-password", "no-password", "wrong-acl-user"])
 async def test_bad_credentials_fail_clearly(pw_proc: RedisProcess, auth: str) -> None:
-    """A wrong or missing password surfaces as BrokerUnavailable naming the address (without
-    the password), caused by redis-py's AuthenticationError, and fast."""
+    """A wrong or missing password surfaces as BrokerRefused (not transient: a mistake, not an
+    outage to wait out) naming the address (without the password) and Redis's reply, caused by
+    redis-py's AuthenticationError, and fast."""
     userinfo = {
         "wrong-password": ":not-the-pw@",
         "no-password": "",
@@ -299,9 +301,11 @@ async def test_bad_credentials_fail_clearly(pw_proc: RedisProcess, auth: str) ->
     server = make_server(f"redis://{userinfo}{HOST}:{pw_proc.port}/0")
     started = time.monotonic()
     async with server:
-        with anyio.fail_after(10), pytest.raises(BrokerUnavailable) as info:
+        with anyio.fail_after(10), pytest.raises(BrokerRefused) as info:
             await server.send_task(Signature("add", args=[1, 1]))
     elapsed = time.monotonic() - started
+    assert not info.value.transient
+    assert info.value.reply.split()[0] in ("WRONGPASS", "NOAUTH"), info.value.reply
     message = str(info.value)
     assert f"{HOST}:{pw_proc.port}" in message
     assert "not-the-pw" not in message

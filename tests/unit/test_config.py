@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -386,3 +387,151 @@ def test_a_seed_config_yml_loads_unchanged(tmp_path: Path) -> None:
     cnf = Config.from_yaml(path)
     assert cnf.redis.max_active == 3
     assert cnf.redis.delayed_tasks_poll_period == 500
+
+
+# -- strict types in code (issue 10, item 6) -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: Config(results_expire_in="soon"), "results_expire_in"),  # type: ignore[arg-type]
+        (lambda: RedisConfig(max_active="100"), "redis.max_active"),  # type: ignore[arg-type]
+        (lambda: RedisConfig(wait="yes"), "redis.wait"),  # type: ignore[arg-type]
+        (lambda: RedisConfig(lease_timeout=None), "redis.lease_timeout"),  # type: ignore[arg-type]
+        (lambda: Config(default_queue=5), "default_queue"),  # type: ignore[arg-type]
+        (lambda: Config(signing_keys="0123456789abcdef"), "signing_keys"),  # type: ignore[arg-type]
+        (lambda: Config(redis={"max_active": 5}), "redis"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_wrong_type_in_code_is_a_config_error_naming_the_field(build: Any, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert str(info.value).startswith(f"{field}: "), str(info.value)
+
+
+def test_a_secret_of_the_wrong_type_is_not_shown() -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig(password=12345678)  # type: ignore[arg-type]
+    assert "12345678" not in str(info.value)
+
+
+def test_numbers_of_the_other_kind_are_accepted() -> None:
+    assert RedisConfig(lease_timeout=20, heartbeat_interval=5).lease_timeout == 20
+
+
+# -- strict values at load (issue 11, item 1) ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"broker": ""}, ["broker", "empty"]),
+        ({"broker": "htp://s3cr3tpw@host:6379"}, ["broker", "unknown scheme 'htp'"]),
+        ({"result_backend": "redis://"}, ["result_backend", "no host"]),
+        ({"broker": "redis-sentinel://s1:26379"}, ["broker", "master_name"]),
+    ],
+)
+def test_a_bad_url_fails_when_the_config_is_built(kwargs: dict[str, str], words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(**kwargs)  # type: ignore[arg-type]
+    for word in words:
+        assert word in str(info.value)
+    assert "s3cr3tpw" not in str(info.value)
+
+
+def test_tls_files_must_exist_at_load(tmp_path: Path) -> None:
+    for field in ("tls_ca_certs", "tls_certfile"):
+        with pytest.raises(ConfigError, match=rf"redis\.{field}: no such file") as info:
+            RedisConfig(**{field: str(tmp_path / "missing.pem")})  # type: ignore[arg-type]
+        assert "missing.pem" in str(info.value)
+    pem = tmp_path / "ca.pem"
+    pem.write_text("x")
+    assert RedisConfig(tls_ca_certs=str(pem)).tls_ca_certs == str(pem)
+    with pytest.raises(ConfigError, match=r"VECNA_REDIS_TLS_CA_CERTS: redis\.tls_ca_certs"):
+        Config.from_env({"VECNA_REDIS_TLS_CA_CERTS": str(tmp_path / "nope.pem")})
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"VECNA_BROKR": "redis://x"}, ["VECNA_BROKR", "did you mean VECNA_BROKER?"]),
+        ({"VECNA_REDIS_MAX_ACTIV": "5"}, ["VECNA_REDIS_MAX_ACTIV", "VECNA_REDIS_MAX_ACTIVE"]),
+        ({"VECNA_NOTHING_LIKE_IT": "1"}, ["VECNA_NOTHING_LIKE_IT", "not a vecna_async setting"]),
+        ({"VECNA_BROKER": ""}, ["VECNA_BROKER", "empty"]),
+        ({"VECNA_BROKER": "htp://host"}, ["VECNA_BROKER", "unknown scheme"]),
+    ],
+)
+def test_unknown_variables_and_bad_values_fail_naming_the_variable(
+    env: dict[str, str], words: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env(env)
+    for word in words:
+        assert word in str(info.value)
+
+
+# -- secrets (issue 11, item 2) --------------------------------------------------------------------
+def test_password_and_username_from_variables_and_files(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("from-a-file\n")
+    cnf = Config.from_env({"VECNA_REDIS_USERNAME": "app", "VECNA_REDIS_PASSWORD_FILE": str(secret)})
+    assert (cnf.redis.username, cnf.redis.password) == ("app", "from-a-file")
+    keys = tmp_path / "keys"
+    keys.write_text("0123456789abcdef-new\n0123456789abcdef-old\n")
+    assert Config.from_env({"VECNA_SIGNING_KEYS_FILE": str(keys)}).signing_keys == [
+        "0123456789abcdef-new",
+        "0123456789abcdef-old",
+    ]
+
+
+def test_a_variable_and_its_file_together_or_a_missing_file_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="both set"):
+        Config.from_env({"VECNA_REDIS_PASSWORD": "a", "VECNA_REDIS_PASSWORD_FILE": "/x"})
+    with pytest.raises(ConfigError, match="VECNA_REDIS_PASSWORD_FILE: cannot read"):
+        Config.from_env({"VECNA_REDIS_PASSWORD_FILE": str(tmp_path / "absent")})
+
+
+def test_configured_credentials_replace_the_urls() -> None:
+    from vecna_async.connection import with_credentials
+
+    target = parse_url("redis://old:oldpw@host:6379/0")
+    cfg = RedisConfig(password="newpw")
+    assert with_credentials(target, cfg) == RedisTarget(
+        "standalone", [("host", 6379)], username="old", password="newpw"
+    )
+    assert with_credentials(target, RedisConfig()) is target
+
+
+def test_the_environment_overrides_the_yaml_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "broker: redis://file-host:6379/0\ndefault_queue: q\nredis:\n  max_active: 7\n"
+    )
+    env = {"VECNA_BROKER": "redis://env-host:6379/0", "VECNA_REDIS_PASSWORD": "pw"}
+    cnf = Config.from_yaml(path, env)
+    assert cnf.broker == "redis://env-host:6379/0"  # environment over file
+    assert cnf.default_queue == "q"  # file over default
+    assert (cnf.redis.max_active, cnf.redis.password) == (7, "pw")
+    assert Config.from_yaml(path, {}).broker == "redis://file-host:6379/0"
+    with pytest.raises(ConfigError, match="VECNA_REDIS_MAX_ACTIVE"):
+        Config.from_yaml(path, {"VECNA_REDIS_MAX_ACTIVE": "lots"})
+    with pytest.raises(ConfigError, match="VECNA_QUEUE"):
+        Config.from_yaml(path, {"VECNA_QUEUE": "q"})
+
+
+def test_from_yaml_reads_os_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VECNA_DEFAULT_QUEUE", "from_env")
+    assert Config.from_yaml(write(tmp_path, "default_queue: from_file\n")).default_queue == (
+        "from_env"
+    )
+
+
+def test_repr_masks_every_secret() -> None:
+    cnf = Config(
+        broker="redis://user:pw-in-url@h:6379/0",
+        result_backend="redis://pw-seed-form@h:6380/0",
+        signing_keys=["signing-key-0123456789"],
+        redis=RedisConfig(password="pw-field", sentinel_password="pw-sentinel", max_active=5),
+    )
+    shown = repr(cnf)
+    for secret in ("pw-in-url", "pw-seed-form", "signing-key", "pw-field", "pw-sentinel"):
+        assert secret not in shown
+    assert "redis://user:***@h:6379/0" in shown
+    assert "max_active=5" in shown
+    assert repr(Config()) == "Config()"

@@ -22,6 +22,7 @@ import msgspec
 from vecna_async.backend.base import Backend, BrokerStates
 from vecna_async.exceptions import ResultTimeout, TaskCanceled, TaskFailed
 from vecna_async.messages import State, TaskState, decode_state
+from vecna_async.redis_errors import redis_errors
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vecna_async.results")
 T = TypeVar("T")
 RECHECK_SECONDS = 1.0
+SUBSCRIBE_CONFIRM_SECONDS = 5.0
 """How long a waiter trusts the listener before it reads the stored state itself."""
 
 
@@ -46,9 +48,10 @@ class ResultListener:
 
     RECENT = 10_000
 
-    def __init__(self, client: AnyRedis, channel: str) -> None:
+    def __init__(self, client: AnyRedis, channel: str, where: str = "Redis") -> None:
         self._client = client
         self._channel = channel
+        self._where = where
         self._waiters: dict[str, set[asyncio.Future[bytes]]] = {}
         # progress_updates() iterators, by task id: ("progress", value) / ("state", state)
         self._updates: dict[str, set[asyncio.Queue[tuple[str, bytes]]]] = {}
@@ -67,7 +70,18 @@ class ResultListener:
             if self._reader is not None and not self._reader.done():
                 return
             pubsub = self._client.pubsub()
-            await pubsub.subscribe(self._channel)
+            try:
+                # Confirmed before anyone relies on it: Redis down or an ACL refusing the channel
+                # (NOPERM) is raised to the caller as ours, not retried unseen by the reader.
+                with redis_errors(self._where, "subscribing to its result channel"):
+                    await pubsub.subscribe(self._channel)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(SUBSCRIBE_CONFIRM_SECONDS):
+                            while not await pubsub.get_message(timeout=SUBSCRIBE_CONFIRM_SECONDS):
+                                pass
+            except BaseException:
+                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                raise
             self._pubsub = pubsub
             self.generation += 1
             self._reader = asyncio.create_task(self._read(pubsub), name="vecna-result-listener")

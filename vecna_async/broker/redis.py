@@ -159,8 +159,20 @@ class RedisBroker:
         else:
             await self._coalescer.publish(messages)
 
+    async def publish_tick(
+        self, messages: Sequence[Outgoing], code: str, chunk: int, tick_ms: int, fired_ttl: int
+    ) -> None:
+        """One chunk of a periodic tick's messages: each queue takes it at most once per tick
+        (and never a tick older than one it took), whichever and however many schedulers fire
+        it (``lua/enqueue_tick.lua``)."""
+        await self._enqueue(messages, tick=(code, chunk, tick_ms, fired_ttl))
+
     async def _enqueue(
-        self, messages: Sequence[Outgoing], request_id: str = "", request_ttl: int = 0
+        self,
+        messages: Sequence[Outgoing],
+        request_id: str = "",
+        request_ttl: int = 0,
+        tick: tuple[str, int, int, int] | None = None,
     ) -> None:
         by_queue: dict[str, list[Outgoing]] = defaultdict(list)
         for m in messages:
@@ -179,6 +191,10 @@ class RedisBroker:
             fields: list[Any] = []
             for m in batch:
                 fields += _message_args(m, self._flag_str)
+            if tick is not None:
+                args = [*tick, self._ttl, _packed(fields)]
+                await self._script("enqueue_tick", queue, args, self._send_conn)
+                continue
             args = [request_id, request_ttl or self._resend_window, self._ttl, _packed(fields)]
             await self._script("enqueue", queue, args, self._send_conn)
 
@@ -194,7 +210,7 @@ class RedisBroker:
         args = [
             nonce, uuid.uuid4().hex, max_n, self._lease_ms, r.max_deliveries, self._flag,
             self._ttl, max(100, max_n), self._resend_window, self._max_step_ms,
-            r.dead_letters_max, r.dead_letters_max_age * 1000,
+            r.dead_letters_max, r.dead_letters_max_age * 1000, r.parked_max_age * 1000,
             *task_names,
         ]  # fmt: skip
         flat = await self._script("claim", queue, args, self._claim_conn)

@@ -12,7 +12,7 @@ local function now_ms()
 end
 
 -- A queue's keys and name, from one msgpack array (keys.QueueKeys: the keys in QueueKeys
--- order, then the queue's name). One argument instead of 25 saves redis-py packing them per call;
+-- order, then the queue's name). One argument instead of 27 saves redis-py packing them per call;
 -- KEYS carries just one of them, so Redis Cluster routes the call to the queue's slot.
 local function queue_from(packed)
   local list = cmsgpack.unpack(packed)
@@ -24,8 +24,8 @@ local function queue_from(packed)
     clock = list[15], probe_a = list[16], probe_b = list[17],
     legacy_tombstone = list[18], legacy_canceling = list[19],
     limit = list[20], held = list[21], held_due = list[22], limit_specs = list[23],
-    progress = list[24], watchers = list[25],
-    name = list[26],
+    progress = list[24], watchers = list[25], parked_since = list[26], fired = list[27],
+    name = list[28],
   }
 end
 
@@ -302,6 +302,36 @@ end
 -- Tell sleeping schedulers that a delayed entry is due earlier than they may think.
 local function announce_due(channel, queue, due)
   redis.call('PUBLISH', channel, queue .. ' ' .. due)
+end
+
+-- Enqueue a batch of messages into one queue: M is the msgpack-encoded flat array, per message
+-- id, name, body, priority, due_ms (0 = now), ignore (0/1), reply, write_states. Returns how
+-- many were new (see enqueue).
+local function enqueue_batch(q, channel, ttl, packed)
+  local now = now_ms()
+  local count = 0
+  local earliest = nil
+  local M = cmsgpack.unpack(packed)
+  local ctx = call_context(q)
+  local seq = redis.call('INCRBY', q.seq, #M / 8) - #M / 8 -- FIFO numbers for the whole batch
+  for i = 1, #M, 8 do
+    seq = seq + 1
+    local r = enqueue(q, ctx, now, M[i], M[i + 1], M[i + 2], M[i + 3], M[i + 4], M[i + 5],
+      M[i + 6], M[i + 7], ttl, seq)
+    if r > 0 then
+      count = count + 1
+    end
+    if r == 3 then
+      local due = tonumber(M[i + 4])
+      if not earliest or due < earliest then
+        earliest = due
+      end
+    end
+  end
+  if earliest then
+    announce_due(channel, q.name, earliest)
+  end
+  return count
 end
 
 -- Mark a message dead: out of every queue structure, kept in the dead set with its reason, and

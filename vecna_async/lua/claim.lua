@@ -4,7 +4,7 @@
 -- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, nonce,
 --   request_id, max_n, lease_ms, max_deliveries, write_states (0/1), state_ttl, reap_limit,
 --   resend_window (s: how long this call's reply is remembered), max_step_ms (lease clock),
---   dead_max, dead_max_age_ms, then the task names.
+--   dead_max, dead_max_age_ms, parked_max_age_ms, then the task names.
 -- Returns a flat list: id, body, deliveries, flag, token per message: flag '' (claimed),
 -- 'unregistered' (claimed to fail it), or 'dead:<reason>' (a dead letter whose aftermath is to be
 -- settled; its token is '').
@@ -18,8 +18,9 @@ local max_deliveries, write_states = tonumber(ARGV[7]), ARGV[8] == '1'
 local ttl, reap_limit = tonumber(ARGV[9]), tonumber(ARGV[10])
 local resend_window, max_step = tonumber(ARGV[11]), tonumber(ARGV[12])
 local dead_max, dead_max_age = tonumber(ARGV[13]), tonumber(ARGV[14])
+local parked_max_age = tonumber(ARGV[15])
 local known = {}
-for i = 15, #ARGV do
+for i = 16, #ARGV do
   known[ARGV[i]] = true
 end
 local out = {}
@@ -48,6 +49,26 @@ local now = now_ms()
 local lease_now = lease_clock(q, now, max_step)
 local pubs = {}
 reap_expired(q, now, lease_now, reap_limit, max_deliveries, ttl, pubs, write_states)
+
+-- Parked retention: a message parked for parked_max_age (no worker that knows its task has
+-- claimed from this queue since) becomes a dead letter, whose aftermath the loop below hands out
+-- like any other's. Before that loop, so this very claim settles it. At most 100 per call. An
+-- entry whose message left the parked set otherwise (canceled) is just dropped.
+local overdue = redis.call('ZRANGEBYSCORE', q.parked_since, '-inf', now - parked_max_age,
+  'LIMIT', 0, 100)
+for _, id in ipairs(overdue) do
+  redis.call('ZREM', q.parked_since, id)
+  local name = redis.call('HGET', q.record .. id, 'n')
+  if name and redis.call('ZREM', q.parked_prefix .. name, id) == 1 then
+    if redis.call('EXISTS', q.parked_prefix .. name) == 0 then
+      redis.call('SREM', q.parked, name)
+    end
+    local reason = 'no worker for task ' .. name .. ' within ' .. math.floor(parked_max_age / 1000)
+      .. ' s (parked: the workers that claimed it do not register it)'
+    dead_letter(q, now, id, reason, nil, ttl, pubs, write_states)
+    redis.call('ZADD', q.dead_pending, now, id) -- a worker settles what follows from it
+  end
+end
 
 -- Dead letters whose aftermath (on_error callbacks, a stopped chain, a failed chord; the FAILURE
 -- state on a separate backend) no worker has settled yet: offered again after a lease period if
@@ -102,6 +123,7 @@ if redis.call('SCARD', q.parked) > 0 then
       for i = 1, #items, 2 do
         redis.call('ZADD', q.ready, items[i + 1], items[i])
         redis.call('ZREM', pk, items[i])
+        redis.call('ZREM', q.parked_since, items[i])
       end
       if redis.call('EXISTS', pk) == 0 then
         redis.call('SREM', q.parked, name)
@@ -154,6 +176,7 @@ while #leases / 2 < max_n and rounds < 8 do
         out[#out + 1] = token
       else
         redis.call('ZADD', q.parked_prefix .. name, score, id)
+        redis.call('ZADD', q.parked_since, 'NX', now, id)
         redis.call('SADD', q.parked, name)
       end
     end

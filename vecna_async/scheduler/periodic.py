@@ -2,11 +2,13 @@
 scheduler, each tick exactly once.
 
 Firing a tick is two steps, both safe to repeat: (1) enqueue the tick's messages with ids derived
-from (code, tick) under a request id of (code, tick) — a second scheduler firing the same tick, or
-the same one retrying, enqueues nothing new; (2) advance the definition to its next tick with a
-compare-and-set. A scheduler that dies between the two leaves the tick due; the next scheduler
-fires it again and (1) deduplicates it. After downtime the missed ticks fire once, not as a burst:
-the next tick is computed from now, not from the missed one.
+from (code, tick), each queue comparing the tick with the last one it took for the code in the
+same script (``lua/enqueue_tick.lua``: one small key per code and queue, not one per tick) — a
+second scheduler firing the same tick, or the same one retrying, enqueues nothing new; (2)
+advance the definition to its next tick with a compare-and-set. A scheduler that dies between
+the two leaves the tick due; the next scheduler fires it again and (1) deduplicates it. After
+downtime the missed ticks fire once, not as a burst: the next tick is computed from now, not from
+the missed one.
 
 A stored definition no scheduler can fire (not JSON, an unknown format version, a spec, name or
 message size that fails the checks ``add`` makes, as a hand edit or an older release may leave) is
@@ -43,11 +45,13 @@ from vecna_async.redis_errors import is_transient
 from vecna_async.scheduler.cron import CronSchedule
 from vecna_async.scripts import script
 from vecna_async.signing import Signer, sign_definition, verify_definition
-from vecna_async.tasks.wire import outgoing, publish, walk
+from vecna_async.tasks.wire import outgoing, walk
 
 log = logging.getLogger("vecna_async.scheduler")
 _NAMESPACE = uuid.UUID("6f1c1d3e-8a0b-4b7e-9a53-0c7c5e2b9d41")
 FIRING_DEDUP_SECONDS = 86_400
+"""How long a queue remembers the last tick it took for a code (refreshed at every firing): a
+scheduler stalled longer than this between reading a due tick and firing it could fire it twice."""
 DUE_BATCH = 100
 KINDS = ("task", "group", "chain", "chord")
 
@@ -187,16 +191,11 @@ class PeriodicStore:
             )  # fmt: skip
 
     async def _fire(self, d: PeriodicDefinition, tick: int, now: int) -> int:
-        messages = firing_messages(d, tick)
-        await publish(
-            self._broker,
-            messages,
-            self._max_bytes,
-            concurrency=d.concurrency,
-            request_id=f"periodic:{d.code}:{tick}",
-            request_ttl=FIRING_DEDUP_SECONDS,
-            signer=self._signer,
-        )
+        out = [outgoing(m, self._max_bytes, self._signer) for m in firing_messages(d, tick)]
+        size = d.concurrency or len(out) or 1  # every message is checked before any is sent
+        for start in range(0, len(out), size):
+            chunk = out[start : start + size]
+            await self._broker.publish_tick(chunk, d.code, start, tick, FIRING_DEDUP_SECONDS)
         nxt = schedule(d.spec, d.tz).next_after(max(tick, now))
         async with unavailable_as(self._where):
             if await script("periodic_advance")(self._client, self._k(), [d.code, tick, nxt]):

@@ -5,6 +5,12 @@ messages: ``on_success`` callbacks with the results prepended, the next chain li
 appended), a retry (Fibonacci back-off or ``RetryTaskLater``), a failure (final state +
 ``on_error`` callbacks with the error string first, then the worker's error handler), or a dead
 letter when the message itself is unusable. Nothing a task does can stop the worker.
+
+Logging (logger ``vecna_async.worker``; every record carries ``task_id``, ``task_name``, ``queue``
+and ``worker``, see ``vecna_async.logs``): one INFO line when a task is received and one when it
+succeeds (with its run time), a retry at INFO, a failure as one WARNING line with its traceback
+at DEBUG, dead letters at ERROR; what else happens to a message is at DEBUG. So ``--log-level
+INFO`` shows the traffic and WARNING only what needs a look.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +38,7 @@ from vecna_async.exceptions import (
     TaskTimeout,
 )
 from vecna_async.keys import Keys
+from vecna_async.logs import bind, unbind
 from vecna_async.messages import (
     FORMAT_VERSION,
     State,
@@ -91,6 +99,8 @@ class Executor:
         max_result_bytes: int = 16 * 1024 * 1024,
         signer: Signer | None = None,
     ) -> None:
+        self.succeeded = 0  # tasks finished with success / failure (the worker registry shows them)
+        self.failed = 0
         self._registry = registry
         self._flusher = flusher
         self._keys = keys
@@ -111,11 +121,14 @@ class Executor:
         if self.canceled(c):
             self._flusher.release(c)  # the settle takes it as canceled
             return
+        token = bind(task_id=c.id, queue=c.queue)  # each run is a task of its own: its context
         try:
             await self._run(c)
         except Exception:  # a bug here must not strand the message under a renewed lease
             log.exception("internal error running message %s; handing it back", c.id)
             self._flusher.release(c)
+        finally:
+            unbind(token)
 
     async def _run(self, c: Claimed) -> None:
         try:
@@ -123,17 +136,22 @@ class Executor:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             reason = undecodable_reason(c.body, exc)
             log.error("task %s in queue %r dead-lettered: %s", c.id, c.queue, reason)
+            self.failed += 1
             self._flusher.dead(c, reason, self._final(c.id, "", State.FAILURE, error=reason))
             return
+        bind(task_name=msg.name)  # undone with the task_id that run() bound
         if self._signer is not None and (problem := task_problem(self._signer, msg, c.body)):
             reason = f"InvalidSignature: {problem}"
             log.error("task %s (%s) in queue %r dead-lettered: %s", msg.name, c.id, c.queue, reason)
+            self.failed += 1
             state = self._final(c.id, msg.name, State.FAILURE, error=reason)
             self._flusher.dead(c, reason, state, msg.reply_to)  # nothing it carries runs
             return
         # The claim hands out only tasks this worker knows, or ones that asked to fail when
         # no worker knows them (flagged unregistered).
         entry = None if c.unregistered else self._registry.find(msg.name)
+        log.info("task %s (%s) received", msg.name, msg.id)
+        began = time.perf_counter()
         try:
             if entry is None:
                 raise TaskNotRegistered(msg.name, self._registry.names)
@@ -158,6 +176,7 @@ class Executor:
         except anyio.get_cancelled_exc_class():
             # The worker is stopping, or this delivery's lease was lost: hand the message back
             # (fenced by its token, so a lost delivery changes nothing), not a failure.
+            log.debug("task %s (%s) interrupted; its message goes back", msg.name, msg.id)
             self._flusher.release(c)
             raise
         except Exception as exc:
@@ -165,8 +184,11 @@ class Executor:
                 delay = msg.retry_timeout or fibonacci_delay(msg.attempts)
                 self._retry(c, msg, exc, delay * 1000, counts=True)
             else:
-                await self._fail(c, msg, exc)
+                await self._fail(c, msg, exc, time.perf_counter() - began)
         else:
+            took = time.perf_counter() - began
+            log.info("task %s (%s) succeeded in %.3fs", msg.name, msg.id, took)
+            self.succeeded += 1
             done = Done(c.id, c.token, state, self._on_success(msg, results))
             done.chord = self._chord_success(msg, results)
             self._flusher.done(c, done, msg.reply_to)
@@ -179,11 +201,14 @@ class Executor:
                 msg = decode_task(c.body)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 msg = TaskMessage(id=c.id, name="", queue=c.queue)
-            log.error("task %s (%s) dead-lettered: %s", msg.name, c.id, c.dead_reason)
+            fields = {"task_id": c.id, "task_name": msg.name, "queue": c.queue}
+            log.error("task %s (%s) dead-lettered: %s", msg.name, c.id, c.dead_reason, extra=fields)
             if self._signer is not None and (problem := task_problem(self._signer, msg, c.body)):
                 # Its callbacks would go out signed by us: only its own FAILURE is settled.
                 err = f"dead-lettered: {c.dead_reason}; InvalidSignature: {problem}"
-                log.error("task %s (%s): InvalidSignature: %s", msg.name, c.id, problem)
+                log.error(
+                    "task %s (%s): InvalidSignature: %s", msg.name, c.id, problem, extra=fields
+                )
                 state = self._final(c.id, msg.name, State.FAILURE, error=err)
                 self._flusher.aftermath(c, Done(c.id, c.token, state, []), msg.reply_to)
                 continue
@@ -243,10 +268,12 @@ class Executor:
         log.info("task %s (%s) retrying in %.3fs: %s", msg.name, msg.id, delay_ms / 1000, exc)
         self._flusher.retry(c, state, body, delay_ms)
 
-    async def _fail(self, c: Claimed, msg: TaskMessage, exc: BaseException) -> None:
+    async def _fail(self, c: Claimed, msg: TaskMessage, exc: BaseException, took: float) -> None:
         err = error_string(exc)
         tb = "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]
-        log.warning("task %s (%s) failed: %s", msg.name, msg.id, err)
+        log.warning("task %s (%s) failed in %.3fs: %s", msg.name, msg.id, took, err)
+        log.debug("task %s (%s) failed with this traceback:", msg.name, msg.id, exc_info=exc)
+        self.failed += 1
         self._flusher.done(c, self._failure(c, msg, err, tb), msg.reply_to)
         await self._call_error_handler(msg, exc)
 

@@ -1,11 +1,13 @@
 """The worker's lifecycle: start its parts, run until asked to stop, then stop without losing work.
 
-Parts (each its own module): the Consumer claims messages for free slots, the Executor runs each,
-the Flusher settles outcomes in batches, the Heartbeat renews leases, the CancelListener stops
-runs of tasks canceled while running, the ParkedWatch warns about messages of tasks this worker
-does not know, and (unless disabled) a Scheduler promotes due delayed entries. Before claiming,
-the worker writes its Server's declared schedules (``@server.periodic``) and opens its resources
-(``@server.on_worker_startup``). Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
+Start (``startup``, ``resources``): wait for Redis (at most ``startup_timeout``) and run the
+startup checks, name the connections, write the declared schedules (``@server.periodic``), open
+the worker's resources (``@server.on_worker_startup``). Then the parts, each its own module: the
+Consumer claims messages for free slots, the Executor runs each, the Flusher settles outcomes in
+batches, the Heartbeat renews leases, the CancelListener stops runs of tasks canceled while
+running, the Presence keeps the worker in the registry of live workers (``vecna-async check``),
+the ParkedWatch warns about messages of tasks this worker does not know, and (unless disabled) a
+Scheduler promotes due delayed entries. Stopping (``quit()``, SIGTERM/SIGINT, or cancelling
 ``launch()``): claim nothing more, let running tasks finish for up to ``Config.shutdown_grace``
 seconds, then cancel the rest and hand their messages back to the queue at once, so no message
 waits for a lease to expire. A second signal (half a second after the first or later) skips
@@ -23,15 +25,21 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from vecna_async.broker.queues import QUEUE_REMEMBER_SECONDS
-from vecna_async.exceptions import BrokerUnavailable, WorkerStartupFailed
-from vecna_async.redis_errors import is_transient
+from vecna_async.logs import log_fields
 from vecna_async.worker.cancels import CancelListener
 from vecna_async.worker.consumer import Consumer
 from vecna_async.worker.executor import ErrorHandler, Executor
 from vecna_async.worker.flusher import Flusher
 from vecna_async.worker.heartbeat import Heartbeat, InFlight
 from vecna_async.worker.parked import ParkedWatch
+from vecna_async.worker.presence import Presence
 from vecna_async.worker.progress import progress_reporter
+from vecna_async.worker.resources import worker_resources
+from vecna_async.worker.startup import (
+    name_worker_connections,
+    wait_for_redis,
+    write_declared_schedules,
+)
 from vecna_async.worker.taskset import TaskSet
 
 if TYPE_CHECKING:
@@ -50,7 +58,11 @@ class Worker:
     """Consumes its queues, in strict order, with at most ``concurrency`` tasks at once
     (0 = unlimited).
 
-    >>> # worker = server.new_worker("emails", concurrency=10)
+    ``startup_timeout``: the longest ``launch()`` waits for an unreachable Redis at start before
+    it raises BrokerUnavailable (None: as long as it takes; set it before ``launch()``).
+
+    >>> # worker = server.new_worker("emails", concurrency=10, queues=["high", "default"])
+    >>> # worker.startup_timeout = 60
     >>> # await worker.launch()      # until worker.quit(), SIGTERM/SIGINT or cancellation
     """
 
@@ -61,6 +73,8 @@ class Worker:
         concurrency: int,
         queues: list[str],
         run_scheduler: bool,
+        *,
+        startup_timeout: float | None = None,
     ) -> None:
         if concurrency < 0:
             raise ValueError(f"concurrency must be >= 0 (0 = unlimited), got {concurrency}")
@@ -68,14 +82,15 @@ class Worker:
         self.concurrency = concurrency
         self.queues = queues
         self.run_scheduler = run_scheduler
+        self.startup_timeout = startup_timeout
+        self.state: dict[str, Any] = {}
+        """This worker's resources, opened by ``on_worker_startup`` hooks (``ctx.state``)."""
         self._server = server
         self._error_handler: ErrorHandler | None = None
         self._consumer: Consumer | None = None
         self._quit_requested = False
         self._tasks: TaskSet | None = None
         self._signals = 0
-        self.state: dict[str, Any] = {}
-        """This worker's resources, opened by ``on_worker_startup`` hooks (``ctx.state``)."""
 
     @property
     def queue(self) -> str:
@@ -93,11 +108,20 @@ class Worker:
             self._consumer.stop()
 
     async def launch(self) -> None:
-        """Run until ``quit()``, a signal, or cancellation; then drain gracefully."""
+        """Run until ``quit()``, a signal, or cancellation; then drain gracefully. At start, a
+        wrong password, a refused ACL, a Redis older than 7.0, an unreachable Redis past
+        ``startup_timeout`` or a failing ``on_worker_startup`` hook raise (a VecnaError) before
+        anything is claimed."""
+        with log_fields(worker=self.name, queue=",".join(self.queues)):
+            await self._launch()
+
+    async def _launch(self) -> None:
         server = self._server
+        stopping = lambda: self._quit_requested  # noqa: E731
         async with server.connection() as rt:
-            await self._preflight(rt)  # UnsupportedRedis ends launch() here, before any claim
-            await self._write_declared_schedules()
+            await wait_for_redis(rt, self.name, self.startup_timeout, stopping)
+            await name_worker_connections(rt, self.name)
+            await write_declared_schedules(server, self.name, stopping)
             registry = server.registry
             if not len(registry):
                 log.warning("worker %s has no registered tasks: it will claim nothing", self.name)
@@ -121,8 +145,7 @@ class Worker:
                 self._error_handler(sig, exc) if self._error_handler else None
             )
             # on the blocking pool (long waits live there), so a small main pool is not starved
-            blocking = rt.broker_clients.blocking
-            cancels = CancelListener(blocking, rt.keys.cancel_channel, in_flight)
+            cancels = CancelListener(rt.broker_clients.blocking, rt.keys.cancel_channel, in_flight)
             executor.canceled = cancels.canceled
             executor.worker_name = self.name
             executor.state = self.state
@@ -140,6 +163,18 @@ class Worker:
                 poll_seconds=r.normal_tasks_poll_period / 1000,
                 lease_seconds=r.lease_timeout,
             )
+            presence = Presence(
+                # not the main pool: redis-py serialises its pool's releases, and a beat failing
+                # against a hung Redis would hold up every other caller of that pool
+                rt.broker_clients.blocking,
+                rt.keys,
+                rt.broker.where,
+                name=self.name,
+                queues=self.queues,
+                concurrency=self.concurrency,
+                interval=r.heartbeat_interval,
+                stats=lambda: (len(in_flight), executor.succeeded, executor.failed),
+            )
             self._consumer = consumer
             if self._quit_requested:
                 consumer.stop()
@@ -150,11 +185,8 @@ class Worker:
                 self.concurrency or "unlimited",
                 ", ".join(registry.names),
             )
-            await self._start_resources(server)  # before anything is claimed
-            try:
-                await self._serve(rt, flusher, in_flight, consumer, cancels)
-            finally:
-                await self._close_resources(server)
+            async with worker_resources(server.worker_hooks, self.state, self.name):
+                await self._serve(rt, flusher, in_flight, consumer, cancels, presence)
             log.info("worker %s stopped", self.name)
 
     async def _serve(
@@ -164,6 +196,7 @@ class Worker:
         in_flight: InFlight,
         consumer: Consumer,
         cancels: CancelListener,
+        presence: Presence,
     ) -> None:
         r = rt.config.redis
         async with anyio.create_task_group() as services:
@@ -171,6 +204,7 @@ class Worker:
             services.start_soon(Heartbeat(rt.broker, in_flight, r.heartbeat_interval).run)
             services.start_soon(self._keep_queue_known, rt.broker)
             services.start_soon(cancels.run)
+            services.start_soon(presence.run)
             for queue in self.queues:
                 parked = ParkedWatch(
                     rt.broker.listing, queue, self._server.registry.names, self.name,
@@ -188,55 +222,8 @@ class Worker:
                     if not await flusher.drain(DRAIN_SECONDS):
                         log.error("worker %s stopped with outcomes it could not settle", self.name)
                 services.cancel_scope.cancel()
-
-    async def _start_resources(self, server: Server) -> None:
-        """Run the ``on_worker_startup`` hooks; one that raises stops the worker, clearly."""
-        for hook in server.worker_hooks.startup:
-            try:
-                await hook(self.state)
-            except Exception as exc:
-                await self._close_resources(server)
-                name = getattr(hook, "__qualname__", repr(hook))
-                raise WorkerStartupFailed(
-                    f"worker {self.name}: on_worker_startup hook {name} failed: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-
-    async def _close_resources(self, server: Server) -> None:
-        """Run the ``on_worker_shutdown`` hooks (each, even if one raises: logged)."""
-        with anyio.CancelScope(shield=True):
-            for hook in server.worker_hooks.shutdown:
-                try:
-                    await hook(self.state)
-                except Exception:
-                    log.exception("worker %s: an on_worker_shutdown hook failed", self.name)
-
-    async def _preflight(self, rt: Runtime) -> None:
-        """The startup checks (``Runtime.preflight``), retried while Redis cannot be reached."""
-        delay = 0.1
-        while not self._quit_requested:
-            try:
-                await rt.preflight()
-                return
-            except BrokerUnavailable as exc:
-                log.warning("worker %s: startup checks wait for Redis: %s", self.name, exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _write_declared_schedules(self) -> None:
-        """``Server.write_declared_schedules``, retried while Redis is unreachable or refusing
-        for now; any other error ends ``launch()`` (the schedule cannot be stored)."""
-        delay = 0.1
-        while not self._quit_requested:
-            try:
-                await self._server.write_declared_schedules()
-                return
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("worker %s: declared schedules wait for Redis: %s", self.name, exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                with anyio.CancelScope(shield=True):
+                    await presence.leave()
 
     async def _consume(self, consumer: Consumer, in_flight: InFlight, grace: float) -> None:
         tasks = TaskSet()
