@@ -7,7 +7,17 @@ import sys
 import nox
 
 nox.options.default_venv_backend = "none"
-nox.options.sessions = ["lint", "typing", "tests", "chaos"]
+nox.options.sessions = ["lint", "typing", "tests", "chaos", "lowest"]
+
+LOWEST = [
+    # the lowest version of every runtime dependency pyproject.toml allows
+    "redis[hiredis]==8.1.0",
+    "msgspec==0.19.0",
+    "croniter==6.1.0",
+    "anyio==4.4.0",
+    "uvloop==0.19.0",
+    "PyYAML==6.0",
+]
 
 
 @nox.session
@@ -32,6 +42,22 @@ def chaos(session: nox.Session) -> None:
     cut connections, poison messages, cron and chords under kills, SCRIPT FLUSH and maxmemory,
     Sentinel failovers. Prints one line per scenario; details in tests/chaos/.results/."""
     session.run("pytest", "tests/chaos", *session.posargs)
+
+
+@nox.session(venv_backend="venv", reuse_venv=True)
+def lowest(session: nox.Session) -> None:
+    """The test suite on the lowest versions of the runtime dependencies pyproject.toml allows
+    (in a venv of its own, .nox/lowest), not only on what pip resolves today."""
+    session.install("-e", ".[dev]", *LOWEST)
+    session.run("python", "-c", _SHOW_VERSIONS)
+    session.run("pytest", "-q", *session.posargs)
+
+
+_SHOW_VERSIONS = (
+    "import importlib.metadata as m; "
+    "print(*(f'{p} {m.version(p)}' for p in "
+    "('redis', 'msgspec', 'croniter', 'anyio', 'uvloop', 'PyYAML')), sep='; ')"
+)
 
 
 @nox.session

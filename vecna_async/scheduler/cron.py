@@ -122,7 +122,7 @@ class CronSchedule:
             )
             # A day that none of the listed months has (30 in February) passes the grammar
             # check but never matches; croniter only finds out when asked for a time.
-            self._template.get_next(float, update_current=False)
+            copy.copy(self._template).get_next(float)  # (a copy: the template keeps its start)
         except CroniterBadDateError:
             dom, month = fields[-3], fields[-2]
             reason = f"it never fires: no month in {month!r} has day-of-month {dom!r}"
@@ -186,7 +186,9 @@ class CronSchedule:
         # and interleaved callers cannot see each other's position; it costs ~2 µs.
         it = copy.copy(self._template)
         while True:
-            found = round(it.get_prev(float, start_s) if backwards else it.get_next(float, start_s))
+            # (set_current, not get_next's start argument: croniter < 3.0.3 lacks the argument)
+            it.set_current(start_s, force=True)
+            found = round(it.get_prev(float) if backwards else it.get_next(float))
             # croniter fires both copies of a repeated wall time on a fall-back; keep the first
             # unless the spec runs every hour, where both copies are real, distinct hours.
             if self._hour_is_star or datetime.fromtimestamp(found, self._zone).fold == 0:
