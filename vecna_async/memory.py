@@ -34,6 +34,7 @@ from vecna_async.exceptions import ConfigError
 
 if TYPE_CHECKING:
     from fakeredis import FakeServer
+    from redis.asyncio import Redis
 
     from vecna_async.connection import RedisClients, RedisTarget
 
@@ -105,6 +106,14 @@ def open_memory_clients(target: RedisTarget) -> RedisClients:
     server = _store(target.store)
     redis_class = _memory_redis_class()
     return RedisClients(target, redis_class(server=server), redis_class(server=server))
+
+
+def redis_client(url: str = "memory://", **kwargs: Any) -> Redis:
+    """A plain ``redis.asyncio.Redis`` on the store ``url`` names, to look at its keys as a
+    test would with ``redis.asyncio.Redis.from_url`` on Redis (``decode_responses=True`` ...)."""
+    name = store_name(url.removeprefix("memory://"))
+    client: Redis = _memory_redis_class()(server=_store(name), **kwargs)
+    return client
 
 
 def _store(name: str) -> FakeServer:

@@ -11,11 +11,13 @@ do
     end
     return v
   end
-  local function sint(s, i, n)
-    local v = uint(s, i, n)
-    local half = 2 ^ (8 * n - 1)
-    if v >= half then
-      v = v - 2 * half
+  local function sint(s, i, n) -- the first byte signed, so that no step leaves 2^53
+    local v = byte(s, i)
+    if v >= 128 then
+      v = v - 256
+    end
+    for k = i + 1, i + n - 1 do
+      v = v * 256 + byte(s, k)
     end
     return v
   end
