@@ -5,8 +5,9 @@ test twice, over Redis and over memory:// (``vecna_async.memory``): ``backend`` 
 "memory", and ``redis_url``, ``config``, ``server``, ``rc`` and ``rc_text`` follow it (over
 memory, ``redis_url`` is a store of the test's own and ``rc``/``rc_text`` clients on it). A test
 that cannot run in one process (it kills worker processes, builds a Cluster...) is marked
-``@pytest.mark.redis_only("why")`` and runs over Redis only; the reason is required. Elsewhere
-``backend`` is "redis".
+``@pytest.mark.redis_only("why")`` and runs over Redis only; the reason is required. A test
+there that uses no broker at all says so: ``@pytest.mark.no_backend("what it checks")``.
+Elsewhere ``backend`` is "redis".
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "redis_only(reason): in a both_backends module, run over Redis only, because"
     )
+    config.addinivalue_line(
+        "markers", "no_backend(what): in a both_backends module, a test that uses no broker"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -50,12 +54,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("both_backends") is None:
             continue
-        if item.get_closest_marker("redis_only") is None and "backend" not in getattr(
-            item, "fixturenames", ()
-        ):
+        marked = item.get_closest_marker("redis_only") or item.get_closest_marker("no_backend")
+        if marked is None and "backend" not in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(
                 f"{item.nodeid}: in a both_backends module, use the config/server/redis_url "
-                "fixtures or mark it redis_only('why')"
+                "fixtures, or mark it redis_only('why') or no_backend('what it checks')"
             )
 
 

@@ -138,7 +138,7 @@ async def test_a_killed_workers_share_comes_back_when_its_lease_is_reaped(
         assert (await counts(rc, started))[0] == 2
 
 
-@pytest.mark.redis_only("no broker involved: it checks Signature's arguments")
+@pytest.mark.no_backend("Signature's argument checks")
 async def test_limits_are_checked_at_send() -> None:
     with pytest.raises(ValueError, match="rate_limit '10 per second' is not valid"):
         Signature("x", rate_limit="10 per second")
