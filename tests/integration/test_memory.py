@@ -194,3 +194,12 @@ async def test_a_worker_in_the_tests_event_loop_with_anyio(url: str) -> None:
         tg.start_soon(worker.launch)
         assert await (await greet.send("you")).get(timeout=5) == "hello you"
         worker.quit()
+
+
+def test_the_in_process_benchmark_runs(redis_url: str) -> None:
+    """``benchmarks/in_process.py``, which the README quotes, keeps running on both backends."""
+    from benchmarks.in_process import main
+
+    out = main(["--url", redis_url, "--count", "200", "--round-trips", "20"])
+    assert "| redis-server (loopback) |" in out
+    assert "| memory:// |" in out
