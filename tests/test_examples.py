@@ -104,6 +104,33 @@ def test_demo_producer_against_a_cli_worker(redis_url: str) -> None:
     assert "divide(1, 0) failed as expected: ZeroDivisionError" in done.stdout
 
 
+def _run_without_redis(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` with no VECNA_ variable but VECNA_BROKER=memory://: nothing reaches a Redis."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VECNA_")}
+    env.update(VECNA_BROKER="memory://", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_demo_in_one_process_on_memory() -> None:
+    """``./dev demo --memory``: the producer runs the worker itself, no Redis."""
+    done = _run_without_redis([sys.executable, "-m", "examples.demo.producer"])
+    assert done.returncode == 0, done.stderr
+    assert "memory://: no Redis; the worker runs in this process" in done.stdout
+    assert "multiply(add(1, 1), 10) = 20" in done.stdout
+    assert "flaky: job-1 done after 3 attempts" in done.stdout
+    assert "divide(1, 0) failed as expected: ZeroDivisionError" in done.stdout
+
+
+def test_testing_your_tasks_with_memory() -> None:
+    """The README's "Testing your tasks": examples/test_with_memory.py passes without Redis."""
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    done = _run_without_redis([*argv, "examples/test_with_memory.py"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 passed" in done.stdout
+
+
 def test_config_yml_loads() -> None:
     cnf = Config.from_yaml(ROOT / "examples" / "config.yml")
     assert cnf.default_queue == "vecna_tasks"

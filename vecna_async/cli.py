@@ -21,6 +21,7 @@ import msgspec
 from vecna_async import logs
 from vecna_async.config import Config
 from vecna_async.exceptions import VecnaError
+from vecna_async.memory import refuse_other_process
 from vecna_async.server import Server
 from vecna_async.supervisor import BOOT_ERROR, default_name, supervise
 
@@ -50,6 +51,7 @@ def load_server(target: str) -> Server:
             raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, Server):
         raise CliError(f"{target!r} is a {type(obj).__name__}, not a vecna_async.Server")
+    refuse_other_process(obj.config.broker, obj.config.result_backend)
     return obj
 
 
@@ -59,7 +61,9 @@ def target_server(args: argparse.Namespace) -> Server:
     if bool(args.target) == bool(args.broker):
         raise CliError("give the Server as pkg.module:server, or a Redis URL with --broker")
     if args.broker:
-        return Server(msgspec.structs.replace(Config.from_env(), broker=args.broker))
+        server = Server(msgspec.structs.replace(Config.from_env(), broker=args.broker))
+        refuse_other_process(server.config.broker, server.config.result_backend)
+        return server
     return load_server(args.target)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from vecna_async import config_env
+from vecna_async import config_env, memory
 from vecna_async.exceptions import ConfigError
 
 MASK = "***"
@@ -153,6 +153,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _check_url(self.broker, "broker", self.redis.master_name)
         if self.result_backend:
             _check_url(self.result_backend, "result_backend", self.redis.master_name)
+        memory.check_config(self.broker, self.result_backend, self.redis.wait_replicas)
         for i, key in enumerate(self.signing_keys):
             if len(key) < MIN_SIGNING_KEY_LENGTH:  # the message never shows the key
                 raise ConfigError(
@@ -243,8 +244,6 @@ def _positive(obj: object, name: str, *, allow_zero: bool = False) -> None:
 
 def _check_url(url: str, field: str, master_name: str) -> None:
     """Parse the URL now, so a typo in it fails at load rather than at the first connect."""
-    if url.startswith("memory://"):  # in-process broker: nothing to parse
-        return
     from vecna_async.connection import parse_url  # connection.py imports this module
 
     parse_url(url, field_name=field, master_name=master_name)

@@ -8,6 +8,7 @@ Accepted URL forms (``Config.broker`` / ``Config.result_backend``)::
     redis+socket://[password@]/path/to/redis.sock[:/db]   the seed's socket form
     redis-sentinel://[password@]h1:p1,h2:p2[/db][?master_name=name]   or RedisConfig.master_name
     redis://[password@]h1:p1,h2:p2,h3:p3             a Redis Cluster (several hosts)
+    memory://[name]                                  in this process, no Redis (vecna_async.memory)
 
 Each Server opens two pools per Redis: ``main`` for ordinary commands and ``blocking`` for the
 idle-worker wake-up (BLPOP) whose socket timeout must outlast the block.
@@ -30,7 +31,7 @@ from vecna_async.config import RedisConfig, mask_url
 from vecna_async.exceptions import ConfigError
 from vecna_async.failover import FollowingSentinelPool, SentinelWatcher
 
-Kind = Literal["standalone", "unix", "sentinel", "cluster"]
+Kind = Literal["standalone", "unix", "sentinel", "cluster", "memory"]
 AnyRedis = Redis | RedisCluster
 """What the broker and backend talk to: one node (standalone, unix, sentinel) or a cluster."""
 
@@ -47,9 +48,12 @@ class RedisTarget:
     tls: bool = False
     unix_path: str = ""
     master_name: str = ""
+    store: str = ""  # memory://<store>
 
     def describe(self) -> str:
         """Where this points, without the password (for error messages and logs)."""
+        if self.kind == "memory":
+            return f"memory://{self.store}"
         if self.kind == "unix":
             return f"unix://{self.unix_path}"
         hosts = ",".join(f"{h}:{p}" for h, p in self.hosts)
@@ -71,7 +75,9 @@ def _parse(url: str, master_name: str) -> RedisTarget:
     if not sep:
         raise ValueError("expected a URL like redis://host:6379/0")
     if scheme == "memory":
-        raise ValueError("memory:// is not available yet; run a redis-server (see the README)")
+        from vecna_async.memory import store_name
+
+        return RedisTarget("memory", store=store_name(rest))
     if scheme == "unix":
         parts = urlsplit(url)
         query = parse_qs(parts.query)
@@ -118,7 +124,10 @@ def _parse(url: str, master_name: str) -> RedisTarget:
 
 def with_credentials(target: RedisTarget, cfg: RedisConfig) -> RedisTarget:
     """The target with ``RedisConfig.username``/``password`` in place of the URL's own, where
-    they are set (they come from a secret: the environment or a mounted file)."""
+    they are set (they come from a secret: the environment or a mounted file). memory:// has
+    no credentials: they are ignored there."""
+    if target.kind == "memory":
+        return target
     username = cfg.username or target.username
     password = cfg.password or target.password
     if (username, password) == (target.username, target.password):
@@ -181,6 +190,10 @@ class RedisClients:
 
 def open_clients(target: RedisTarget, cfg: RedisConfig) -> RedisClients:
     """Build (not yet connect) the pools; redis.asyncio connects on the first command."""
+    if target.kind == "memory":
+        from vecna_async.memory import open_memory_clients
+
+        return open_memory_clients(target)
     retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), cfg.retries)
     common: dict[str, Any] = {
         "username": target.username,

@@ -32,9 +32,9 @@ class PinnedConnection:
     redis-py spends about 80 us per command checking a connection out of its pool, health-checking
     it and putting it back; this skips that. Any failure drops the connection; a dropped or stale
     one is replaced and the command sent once more (every vecna script is safe to run twice). A
-    second caller arriving while a command is in flight, a Redis Cluster, or a pool capped below
-    ``PIN_MIN_POOL`` connections (those kept aside could starve the others) takes the ordinary
-    pool path, so sharing one is never unsafe, only slower.
+    second caller arriving while a command is in flight, a Redis Cluster, a pool capped below
+    ``PIN_MIN_POOL`` connections (those kept aside could starve the others) or an in-process
+    memory:// client takes the ordinary pool path, so sharing one is never unsafe, only slower.
 
     The connection stays in its pool's in-use set, so a Sentinel switch (``failover.py``)
     disconnects it with the others; the next command reconnects, to the new master. A
@@ -48,7 +48,9 @@ class PinnedConnection:
         self._conn: Any = None
         self._busy = False
         cap = getattr(getattr(client, "connection_pool", None), "max_connections", 0) or 0
-        self._pinned = not isinstance(client, RedisCluster) and cap >= PIN_MIN_POOL
+        # memory:// clients (vecna_async.memory) say they have no socket to pin
+        pinnable = getattr(client, "pinnable", True)
+        self._pinned = pinnable and not isinstance(client, RedisCluster) and cap >= PIN_MIN_POOL
 
     async def execute(self, *args: Any) -> Any:
         """Run one command and return its reply (an error reply raises)."""

@@ -60,9 +60,8 @@ class Runtime:
             if self._refused is not None:
                 raise self._refused
             if self._checked is None:
-                targets = [self.broker_clients]
-                if self.separate_backend:
-                    targets.append(self.backend_clients)
+                # memory:// has no INFO, CONFIG or ACLs worth checking: it is this process
+                targets = [c for c in self._clients() if c.target.kind != "memory"]
                 warnings: list[str] = []
                 try:
                     for clients in targets:
@@ -83,6 +82,8 @@ class Runtime:
         uses = {id(self.broker_clients): [self.keys.sched_channel]}
         uses.setdefault(id(self.backend_clients), []).append(self.backend.reply_channel)
         for clients in self._clients():
+            if clients.target.kind == "memory":
+                continue
             where = clients.target.describe()
             await check_channels(clients.main, where, uses[id(clients)], timeout, self.keys.prefix)
 

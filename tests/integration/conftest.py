@@ -1,4 +1,4 @@
-"""Plain redis clients on the session's test Redis, for looking at keys directly."""
+"""Plain redis clients on the test's Redis or memory:// store, for looking at keys directly."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from tests.support.backends import plain_client
+
 
 @pytest.fixture
 async def rc(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """Replies as bytes: records, tokens and bodies exactly as stored."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = plain_client(redis_url)
     try:
         yield client
     finally:
@@ -21,7 +23,7 @@ async def rc(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def rc_text(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """Replies decoded as str; a large pool for tasks that write markers concurrently."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=1000)
+    client = plain_client(redis_url, decode_responses=True, max_connections=1000)
     try:
         yield client
     finally:

@@ -19,7 +19,7 @@ import pytest
 from tests.support.vecna import running_worker
 from vecna_async import ArgumentTypeError, Config, Server, Signature, TaskFailed
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 QUEUE = "vecna_tasks"
 

@@ -23,7 +23,7 @@ from vecna_async import (
 )
 from vecna_async.exceptions import RetryTaskLater
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 async def test_a_task_gets_its_context(server: Server) -> None:

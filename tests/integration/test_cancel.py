@@ -17,7 +17,7 @@ from vecna_async import Chain, Config, Server, Signature, State, TaskCanceled
 from vecna_async.broker.base import Done, SettleBatch
 from vecna_async.messages import TaskState, encode
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 QUEUE = "vecna_tasks"
 PUSH_BOUND = 1.0
 """Seconds within which a running task must be stopped after cancel_task returned."""

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from tests.support.vecna import eventually, running_worker
 from vecna_async import Config, InvalidCronSpec, Server, Signature
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 QUEUE = "vecna_tasks"
 DAILY = "0 6 * * *"
@@ -86,6 +86,7 @@ async def idle(rc_text: aioredis.Redis, server: Server) -> None:
 # -- declaring -------------------------------------------------------------------------------------
 
 
+@pytest.mark.no_backend("the decorator's checks at import")
 def test_a_declaration_is_checked_at_import() -> None:
     server = Server(Config())
     with pytest.raises(InvalidCronSpec, match="'61 \\* \\* \\* \\*'"):

@@ -35,7 +35,7 @@ from vecna_async import (
 from vecna_async.backend.results import AsyncResult
 from vecna_async.scheduler.scheduler import Scheduler
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 QUEUE = "vecna_tasks"
 _wall: Callable[[], float] = time.time  # the real clock, even while a test patches time.time
@@ -521,6 +521,10 @@ async def test_delayed_scores_are_on_redis_time(app: Server, rc_text: aioredis.R
     assert await app.cancel_delayed_task(Signature("stamp", id=r.task_id)) is True
 
 
+@pytest.mark.redis_only(
+    "it moves this process's clock away from Redis's; memory:// has no other clock (its TIME "
+    "is this process's time.time)"
+)
 async def test_scheduler_promotes_by_redis_clock_not_the_local_one(
     app: Server, marks: Marks, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,7 @@ from tests.support.vecna import eventually, running_worker, tuned
 from tests.support.workers import counts, marker, worker_process
 from vecna_async import Config, Server, Signature
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 QUEUE = "vecna_tasks"
 
 
@@ -105,6 +105,7 @@ async def test_a_task_over_its_limit_does_not_hold_up_others(config: Config) -> 
             assert [await r.get(timeout=10) for r in hogs] == list(range(5))
 
 
+@pytest.mark.redis_only("it kills a worker process; memory:// has no worker in another process")
 async def test_a_killed_workers_share_comes_back_when_its_lease_is_reaped(
     config: Config, rc: aioredis.Redis, tmp_path: Path
 ) -> None:
@@ -137,6 +138,7 @@ async def test_a_killed_workers_share_comes_back_when_its_lease_is_reaped(
         assert (await counts(rc, started))[0] == 2
 
 
+@pytest.mark.no_backend("Signature's argument checks")
 async def test_limits_are_checked_at_send() -> None:
     with pytest.raises(ValueError, match="rate_limit '10 per second' is not valid"):
         Signature("x", rate_limit="10 per second")

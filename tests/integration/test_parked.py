@@ -11,7 +11,7 @@ from tests.support.vecna import eventually, running_worker, tuned
 from vecna_async import Config, Server, Signature, State
 from vecna_async.worker.parked import ParkedWatch
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 QUEUE = "vecna_tasks"
 

@@ -36,7 +36,7 @@ from vecna_async import (
 )
 from vecna_async.scheduler.scheduler import Scheduler
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 QUEUE = "vecna_tasks"
 EVERY_SECOND = "* * * * * *"

@@ -12,7 +12,7 @@ from tests.support.redis_procs import RedisClusterSet
 from tests.support.vecna import running_worker
 from vecna_async import Config, RedisConfig, Server, Signature
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 async def test_queues_are_served_in_strict_order(server: Server) -> None:
@@ -60,6 +60,7 @@ def cluster() -> Iterator[RedisClusterSet]:
         yield c
 
 
+@pytest.mark.redis_only("it is about Redis Cluster slots; memory:// is one store")
 async def test_several_queues_on_a_cluster(
     cluster: RedisClusterSet, redis_config: RedisConfig
 ) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from tests.apps import seed_tasks
 from tests.apps.seed_tasks import register_seed_tasks
+from tests.support.backends import plain_client
 from tests.support.vecna import eventually, running_worker
 from vecna_async import (
     Arg,
@@ -34,7 +34,7 @@ from vecna_async import (
     Worker,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 @pytest.fixture
@@ -340,7 +340,7 @@ async def test_retry_task_later_state_is_retry(app: Server) -> None:
 async def test_results_expire(config: Config, redis_url: str) -> None:
     short = msgspec.structs.replace(config, results_expire_in=1)
     seed_tasks.reset()
-    client = aioredis.Redis.from_url(redis_url)
+    client = plain_client(redis_url)
     try:
         async with Server(short) as srv:
             register_seed_tasks(srv)

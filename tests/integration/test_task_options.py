@@ -11,7 +11,7 @@ import pytest
 from tests.support.vecna import running_worker
 from vecna_async import Chord, Group, Server, Signature
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 QUEUE = "vecna_tasks"
 

@@ -36,7 +36,7 @@ from vecna_async.messages import decode_task
 from vecna_async.worker.executor import Executor
 from vecna_async.worker.flusher import Flusher
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 QUEUE = "vecna_tasks"  # Config's default_queue
 
