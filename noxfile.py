@@ -50,7 +50,7 @@ def lowest(session: nox.Session) -> None:
     (in a venv of its own, .nox/lowest), not only on what pip resolves today."""
     session.install("-e", ".[dev]", *LOWEST)
     session.run("python", "-c", _SHOW_VERSIONS)
-    session.run("pytest", "-q", *session.posargs)
+    session.run("pytest", "-q", "--backends=redis", *session.posargs)
 
 
 _SHOW_VERSIONS = (

@@ -24,6 +24,15 @@ from vecna_async import Config, RedisConfig, Server, memory
 BACKENDS = ("redis", "memory")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="the backends both_backends modules run over (nox -s lowest: redis only, since "
+        "memory:// runs the same scripts and its dependency is not a runtime one)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_backends: run each test of the module over Redis and over memory://"
@@ -44,7 +53,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     only = metafunc.definition.get_closest_marker("redis_only")
     if only is not None and not (only.args and isinstance(only.args[0], str) and only.args[0]):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: redis_only needs a reason")
-    params = ("redis",) if only is not None else BACKENDS
+    chosen = tuple(metafunc.config.getoption("backends").split(","))
+    params = ("redis",) if only is not None else tuple(b for b in BACKENDS if b in chosen)
     metafunc.parametrize("backend", params, indirect=True)
 
 
