@@ -41,7 +41,7 @@ middlewares' hooks still run, and the send or the run goes on as if it had not b
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -149,6 +149,9 @@ class Middlewares:
 
     def __len__(self) -> int:
         return len(self._all)
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self._all)
 
     async def _call(self, hook: str, *args: Any) -> None:
         hooks = self._hooks[hook]
