@@ -16,7 +16,8 @@ variable set in ``before_run`` is seen by the task body and by ``after_run``).
 - ``before_send(signature)``: once per Signature of the call (each task; each link of a chain;
   each member and then the callback of a chord), after its id, queue and task options were filled
   in and before anything is written. It may change ``signature.headers`` (e.g. add a trace
-  context); that is the only change taken over into the message.
+  context), and its callbacks' (``on_success``, ``on_error``); that is the only change taken
+  over into the messages.
 - ``after_send(signature, result, error)``: the same Signatures once the write succeeded
   (``result`` its AsyncResult, ``error`` None) or failed (``result`` None, ``error`` what the
   call raises to the caller).
@@ -177,9 +178,11 @@ class Middlewares:
         by_id = {m.id: m for m in walk(messages)}
         for sig in signatures:
             await self._call("before_send", sig)
-            msg = by_id.get(sig.id or "")
-            if msg is not None and msg.headers is not sig.headers:
-                msg.headers = sig.headers  # a hook replaced the dict instead of editing it
+        for sig in signatures:
+            for s in _tree(sig):
+                msg = by_id.get(s.id or "")
+                if msg is not None and msg.headers is not s.headers:
+                    msg.headers = s.headers  # a hook replaced the dict instead of editing it
         try:
             await publish()
         except BaseException as exc:
@@ -206,3 +209,10 @@ class Middlewares:
         """``after_run`` for a run that was cancelled: shielded from the cancel, for a while."""
         with anyio.move_on_after(HOOK_GRACE, shield=True):
             await self._call("after_run", ctx, outcome)
+
+
+def _tree(sig: Signature) -> Iterator[Signature]:
+    """A Signature and the callbacks nested in it."""
+    yield sig
+    for cb in (*sig.on_success, *sig.on_error):
+        yield from _tree(cb)
