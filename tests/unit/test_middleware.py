@@ -3,6 +3,7 @@ and what is not a middleware is refused at registration."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -68,3 +69,10 @@ def test_an_outcome_names_the_state_it_leaves() -> None:
         "canceled": "CANCELED",
         "interrupted": None,
     }
+
+
+def test_add_middleware_is_the_contracts() -> None:
+    """API.md "Operations (contract v2)": ``server.add_middleware(middleware)``."""
+    params = list(inspect.signature(Server.add_middleware).parameters)
+    assert params == ["self", "middleware"]
+    assert Server.add_middleware.__doc__
