@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="serve Prometheus metrics on http://0.0.0.0:N/metrics (needs the prometheus extra); "
-        "with --processes, worker i serves port N+i",
+        "with --processes, worker <name>-i (i from 0) serves port N+i",
     )
     add_logging_options(w)
     w.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)

@@ -8,8 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.redis_procs import free_port
 from tests.support.vecna import clean_env, eventually, tuned, worker_env
-from tests.support.workers import read_log
+from tests.support.workers import worker_process
 from vecna_async import Config, Server, Signature, TaskFailed
 from vecna_async.integrations.prometheus import PrometheusMiddleware
 from vecna_async.tasks.wire import Outgoing
@@ -32,26 +31,8 @@ APP = "tests.apps.metrics_app:server"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-@asynccontextmanager
-async def cli_worker(config: Config, log: Path, *extra: str) -> AsyncIterator[Process]:
-    argv = [sys.executable, "-m", "vecna_async", "worker", APP, *extra]
-    with log.open("ab") as out:
-        proc = await anyio.open_process(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=ROOT, env=worker_env(config)
-        )
-    try:
-        yield proc
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                with anyio.move_on_after(15):
-                    await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            await proc.aclose()
-        print(read_log(log))
+def cli_worker(config: Config, log: Path, *extra: str) -> AbstractAsyncContextManager[Process]:
+    return worker_process(config, log, 2, *extra, app=APP)
 
 
 async def scrape(port: int) -> Samples:
@@ -84,7 +65,7 @@ async def test_a_cli_worker_serves_its_metrics(config: Config, tmp_path: Path) -
     q = "vecna_tasks"
     async with (
         Server(config) as server,
-        cli_worker(config, tmp_path / "w.log", "--concurrency", "2", "--metrics-port", str(port)),
+        cli_worker(config, tmp_path / "w.log", "--metrics-port", str(port)),
     ):
         first = await eventually(lambda: serving(port), timeout=20)
         assert value(first, "vecna_tasks_running", queue=q) == 0  # there before any task

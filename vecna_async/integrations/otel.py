@@ -28,7 +28,7 @@ raised records it on the send span.
 
 from __future__ import annotations
 
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -49,7 +49,9 @@ if TYPE_CHECKING:
     from vecna_async.tasks.signature import Signature
 
 SYSTEM = "vecna_async"
-Running = tuple[Span, Token[otel_context.Context]]
+Running = tuple[Span, Any]
+"""A run's span and the token that detaches it (a ``Token[Context]``, typed ``object`` by older
+opentelemetry-api releases)."""
 
 
 def _attributes(operation: str, name: str, queue: str, task_id: str | None) -> dict[str, Any]:

@@ -48,6 +48,7 @@ try:
         generate_latest,
     )
     from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "vecna_async's Prometheus metrics need prometheus-client: "
@@ -69,7 +70,7 @@ READ_TIMEOUT = 2.0
 """The longest a scrape waits for the queue gauges (then it answers without them)."""
 
 
-class QueueGauges:
+class QueueGauges(Collector):
     """``vecna_queue_depth`` and ``vecna_dead_letters`` of some queues: a collector whose values
     ``refresh()`` reads from Redis (a scrape cannot await, so the endpoint refreshes first)."""
 
