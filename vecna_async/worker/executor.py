@@ -128,14 +128,23 @@ class Executor:
             return
         token = bind(task_id=c.id, queue=c.queue)  # each run is a task of its own: its context
         try:
-            await self._run(c)
+            msg = self._usable(c)
+            if msg is None:
+                return
+            log.info("task %s (%s) received", msg.name, msg.id)
+            if self._middleware is None:  # no Context or Outcome is built for nobody
+                await self._attempt(c, msg, None)
+            else:
+                await self._hooked(c, msg, self._middleware)
         except Exception:  # a bug here must not strand the message under a renewed lease
             log.exception("internal error running message %s; handing it back", c.id)
             self._flusher.release(c)
         finally:
             unbind(token)
 
-    async def _run(self, c: Claimed) -> None:
+    def _usable(self, c: Claimed) -> TaskMessage | None:
+        """The claimed message, decoded; None (dead-lettered, with the reason) if it cannot be
+        read or its signature is wrong."""
         try:
             msg = decode_task(c.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -143,7 +152,7 @@ class Executor:
             log.error("task %s in queue %r dead-lettered: %s", c.id, c.queue, reason)
             self.failed += 1
             self._flusher.dead(c, reason, final_state(c.id, "", State.FAILURE, error=reason))
-            return
+            return None
         bind(task_name=msg.name)  # undone with the task_id that run() bound
         if self._signer is not None and (problem := task_problem(self._signer, msg, c.body)):
             reason = f"InvalidSignature: {problem}"
@@ -151,27 +160,24 @@ class Executor:
             self.failed += 1
             state = final_state(c.id, msg.name, State.FAILURE, error=reason)
             self._flusher.dead(c, reason, state, msg.reply_to)  # nothing it carries runs
-            return
-        # The claim hands out only tasks this worker knows, or ones that asked to fail when
-        # no worker knows them (flagged unregistered).
-        entry = None if c.unregistered else self._registry.find(msg.name)
-        log.info("task %s (%s) received", msg.name, msg.id)
-        mw = self._middleware
-        if mw is None:  # no Context or Outcome is built for nobody
-            await self._attempt(c, msg, entry, None)
-            return
+            return None
+        return msg
+
+    async def _hooked(self, c: Claimed, msg: TaskMessage, mw: Middlewares) -> None:
+        """``_attempt`` with the middlewares' run hooks around it."""
         ctx = self._context(msg)
-        outcome = await self._attempt(c, msg, entry, ctx)
+        outcome = await self._attempt(c, msg, ctx)
         if outcome.status == "retry":
             assert outcome.error is not None
             await mw.on_retry(ctx, outcome.error, outcome.retry_in or 0.0)
         await mw.after_run(ctx, outcome)
 
-    async def _attempt(
-        self, c: Claimed, msg: TaskMessage, entry: TaskEntry | None, ctx: Context | None
-    ) -> Outcome:
+    async def _attempt(self, c: Claimed, msg: TaskMessage, ctx: Context | None) -> Outcome:
         """Run the task once and hand the outcome to the flusher; with a ``ctx`` (there are
         middlewares) call ``before_run`` first and return the Outcome for the after hooks."""
+        # The claim hands out only tasks this worker knows, or ones that asked to fail when
+        # no worker knows them (flagged unregistered).
+        entry = None if c.unregistered else self._registry.find(msg.name)
         began = time.perf_counter()
         try:
             if ctx is not None and self._middleware is not None:
