@@ -160,7 +160,14 @@ class Middlewares:
             try:
                 await fn(*args)
             except Exception:
-                log.exception("middleware %s: %s raised; carrying on without it", owner, hook)
+                sig = args[0]  # a send hook's Signature (a run hook's fields are bound already)
+                fields = (
+                    {"task_id": sig.id, "task_name": sig.name, "queue": sig.routing_key}
+                    if hook.endswith("_send")
+                    else None
+                )
+                what = "middleware %s: %s raised; carrying on without it"
+                log.exception(what, owner, hook, extra=fields)
 
     # -- sending -------------------------------------------------------------------------------
     async def send(
@@ -175,14 +182,16 @@ class Middlewares:
         if not (self._hooks["before_send"] or self._hooks["after_send"]):
             await publish()
             return
-        by_id = {m.id: m for m in walk(messages)}
+        by_id: dict[str, list[TaskMessage]] = {}  # (one Signature may be sent twice)
+        for m in walk(messages):
+            by_id.setdefault(m.id, []).append(m)
         for sig in signatures:
             await self._call("before_send", sig)
         for sig in signatures:
             for s in _tree(sig):
-                msg = by_id.get(s.id or "")
-                if msg is not None and msg.headers is not s.headers:
-                    msg.headers = s.headers  # a hook replaced the dict instead of editing it
+                for msg in by_id.get(s.id or "", ()):
+                    if msg.headers is not s.headers:
+                        msg.headers = s.headers  # a hook replaced the dict instead of editing it
         try:
             await publish()
         except BaseException as exc:
@@ -191,9 +200,8 @@ class Middlewares:
                     await self._call("after_send", sig, None, exc)
             raise
         for sig in signatures:
-            msg = by_id.get(sig.id or "")
-            result = result_of(msg, sig) if msg is not None else None
-            await self._call("after_send", sig, result, None)
+            sent = by_id.get(sig.id or "")
+            await self._call("after_send", sig, result_of(sent[0], sig) if sent else None, None)
 
     # -- running -------------------------------------------------------------------------------
     async def before_run(self, ctx: Context) -> None:

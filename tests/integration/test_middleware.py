@@ -252,6 +252,9 @@ async def test_a_raising_middleware_loses_nothing(
     assert all(r.levelname == "ERROR" and r.exc_info for r in lines)
     run_lines = [r for r in lines if "run raised" in r.getMessage()]
     assert {getattr(r, "task_name", None) for r in run_lines} == {"add", "again"}
+    send_lines = [r for r in lines if "send raised" in r.getMessage()]
+    assert r.task_id in {getattr(x, "task_id", None) for x in send_lines}
+    assert {getattr(x, "queue", None) for x in send_lines} == {"vecna_tasks"}
 
 
 async def test_send_hooks_see_every_task_of_a_workflow(server: Server) -> None:

@@ -183,6 +183,8 @@ async def test_errors_retries_and_workflows_on_the_spans(config: Config, tracing
             chain = await server.send_chain(Chain(first, add.signature(100)))
             with pytest.raises(TypeError):
                 await server.send_task(Signature("nobody_knows", args=[object()]))
+            twice = add.signature(5)
+            await server.send_tasks([twice, twice])  # one object twice: one task, two sends
         with pytest.raises(TaskFailed):
             await bad.get(timeout=10)
         assert await retried.get(timeout=10) == "ok"
@@ -190,12 +192,12 @@ async def test_errors_retries_and_workflows_on_the_spans(config: Config, tracing
 
         async def all_runs() -> bool:
             runs = [s for s in exporter.get_finished_spans() if s.name == "process add"]
-            return len(runs) == 3
+            return len(runs) == 4
 
         await eventually(all_runs)
     spans = exporter.get_finished_spans()
     trace_id = root.get_span_context().trace_id
-    assert {_ctx(s).trace_id for s in spans} == {trace_id}  # everything, callbacks included
+    assert [s.name for s in spans if _ctx(s).trace_id != trace_id] == []  # callbacks too
 
     (failed,) = [s for s in spans if s.name == "process boom"]
     assert failed.status.status_code == StatusCode.ERROR
@@ -213,6 +215,8 @@ async def test_errors_retries_and_workflows_on_the_spans(config: Config, tracing
     (sent_later,) = [s for s in spans if s.name == "send later"]
     assert {_parent(s) for s in runs} == {_ctx(sent_later).span_id}  # both runs: one send
 
+    sent_twice = [s for s in spans if s.name == "send add" and _id(s) == twice.id]
+    assert len(sent_twice) == 2  # both ended
     (unsent,) = [s for s in spans if s.name == "send nobody_knows"]
     assert unsent.status.status_code == StatusCode.ERROR
     assert [e.name for e in unsent.events] == ["exception"]
@@ -233,6 +237,10 @@ def _ancestors(span: ReadableSpan, spans: Sequence[ReadableSpan]) -> list[int]:
             break
         span = by_id[span.parent.span_id]
     return out
+
+
+def _id(span: ReadableSpan) -> Any:
+    return (span.attributes or {}).get("messaging.message.id")
 
 
 def _parent(span: ReadableSpan) -> int:

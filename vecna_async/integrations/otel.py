@@ -80,7 +80,9 @@ class OpenTelemetryMiddleware(Middleware):
         from vecna_async import __version__
 
         self._tracer = trace.get_tracer(SYSTEM, __version__, tracer_provider=tracer_provider)
-        self._sending: dict[int, Span] = {}  # by id() of the Signature, from send to after_send
+        # by id() of the Signature, from before_send to after_send (a list: one Signature
+        # object may be sent twice in one call)
+        self._sending: dict[int, list[Span]] = {}
         self._running: ContextVar[Running | None] = ContextVar("vecna_otel_run", default=None)
 
     async def before_send(self, signature: Signature) -> None:
@@ -95,7 +97,7 @@ class OpenTelemetryMiddleware(Middleware):
             # a new dict: the old one may be shared (by the caller, by other Signatures)
             signature.headers = {**signature.headers, **carrier}
             _to_callbacks(signature, carrier)
-        self._sending[id(signature)] = span
+        self._sending.setdefault(id(signature), []).append(span)
 
     async def after_send(
         self,
@@ -103,9 +105,12 @@ class OpenTelemetryMiddleware(Middleware):
         result: AsyncResult[Any] | None,
         error: BaseException | None,
     ) -> None:
-        span = self._sending.pop(id(signature), None)
-        if span is None:
+        spans = self._sending.get(id(signature))
+        if not spans:
             return
+        span = spans.pop(0)
+        if not spans:
+            del self._sending[id(signature)]
         if error is not None:
             _record(span, error)
         span.end()
