@@ -237,3 +237,38 @@ def test_authoring(redis_url: str) -> None:
     assert "canceled: True" in out
     assert "forever: CANCELED" in out
     assert "call_api: [0, 1, 2, 3, 4, 5] at most 2 at once" in out
+
+
+def test_middleware(redis_url: str) -> None:
+    out = _run("middleware.py", redis_url)
+    assert "audit: invoice attempt 1 will retry in 0.1s" in out
+    assert "audit: invoice attempt 1 -> retry: RetryTaskLater(" in out
+    assert "audit: invoice attempt 2 -> success: 'invoice of 42 for tenant acme'" in out
+    assert "result: invoice of 42 for tenant acme" in out
+    assert "audit: refund attempt 1 -> failure: ValueError('cannot refund 7')" in out
+
+
+def test_metrics(redis_url: str) -> None:
+    out = _run("metrics.py", redis_url)
+    q = 'queue="vecna_tasks"'
+    assert f'vecna_tasks_total{{{q},state="SUCCESS",task="resize"}} 3.0' in out
+    assert f'vecna_tasks_total{{{q},state="FAILURE",task="charge"}} 1.0' in out
+    assert f'vecna_task_duration_seconds_count{{{q},task="resize"}} 3.0' in out
+    assert f"vecna_tasks_running{{{q}}} 0.0" in out
+    assert f"vecna_queue_depth{{{q}}} 0.0" in out
+    assert f"vecna_dead_letters{{{q}}} 0.0" in out
+
+
+def test_tracing(redis_url: str) -> None:
+    out = _run("tracing.py", redis_url)
+    assert "checkout: o-17 paid" in out
+    tree = out.split("one trace, ", 1)[1].splitlines()[1:]
+    assert [line.split(" (")[0].strip() for line in tree][1:] == [
+        "send checkout",
+        "process checkout",
+        "send send_receipt",
+        "process send_receipt",
+    ]
+    assert tree[0].startswith("POST /checkout/")
+    assert tree[0].endswith("(SERVER)")
+    assert tree[-1] == "        process send_receipt (CONSUMER)"

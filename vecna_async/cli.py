@@ -90,14 +90,26 @@ def worker_command(args: argparse.Namespace) -> int:
     server = load_server(args.target)
     setup_logging(args)
     name = args.name or default_name()
+    port = args.metrics_port
+    if port is not None:
+        try:
+            from vecna_async.integrations import prometheus
+        except ImportError as exc:  # the extra is missing: say how to get it
+            print(f"vecna-async: error: --metrics-port: {exc}", file=sys.stderr)
+            return BOOT_ERROR if args.supervised else 1
     if args.processes is not None:
-        return supervise(child_argv(args), args.processes, name)
+        # one endpoint per child, on consecutive ports: child i serves port + i
+        metrics = (lambda i: ["--metrics-port", str(port + i)]) if port is not None else None
+        return supervise(child_argv(args), args.processes, name, metrics)
     worker = server.new_worker(
         name, args.concurrency, queues=args.queue or None, scheduler=not args.no_scheduler
     )
     worker.startup_timeout = args.startup_timeout
+    launch = worker.launch
+    if port is not None:
+        launch = lambda: prometheus.run_worker_with_metrics(server, worker, port)  # noqa: E731
     try:
-        run_async(worker.launch)
+        run_async(launch)
     except VecnaError as exc:
         if not args.supervised:
             raise
@@ -169,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit with status 1 if Redis cannot be reached within this many seconds of "
         "starting (default: wait as long as it takes); a running worker always waits outages out",
     )
+    w.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=None,
+        metavar="N",
+        help="serve Prometheus metrics on http://0.0.0.0:N/metrics (needs the prometheus extra); "
+        "with --processes, worker <name>-i (i from 0) serves port N+i",
+    )
     add_logging_options(w)
     w.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     w.set_defaults(func=worker_command)
@@ -204,6 +224,13 @@ def add_logging_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave logging to the app (by default it is set up only if the app did not)",
     )
+
+
+def port_number(value: str) -> int:
+    n = int(value)
+    if not 0 < n < 65536:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1 to 65535, got {n}")
+    return n
 
 
 def positive_int(value: str) -> int:

@@ -29,6 +29,7 @@ from vecna_async.context import Context, ResourceHook, WorkerHooks
 from vecna_async.exceptions import BrokerUnavailable
 from vecna_async.keys import Keys, check_name
 from vecna_async.messages import TaskMessage
+from vecna_async.middleware import Middleware, Middlewares
 from vecna_async.runtime import Runtime, open_runtime
 from vecna_async.scheduler.declared import DeclaredSchedules
 from vecna_async.scheduler.periodic import new_definition
@@ -64,6 +65,7 @@ class Server:
         self.registry = TaskRegistry()
         self.worker_hooks = WorkerHooks()
         self.declared = DeclaredSchedules()
+        self.middleware = Middlewares()
         self._rt: Runtime | None = None
         self._users = 0
 
@@ -153,6 +155,13 @@ class Server:
 
         return register(fn) if fn is not None else cast(TaskDecorator, register)
 
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Run ``middleware``'s hooks around every send of this Server and every run of its
+        workers (``vecna_async.middleware``): in the order added, the ``after_*`` hooks in
+        reverse. A hook that raises is logged and skipped; the send or run goes on. Add them
+        before sending and before starting workers."""
+        self.middleware.add(middleware)
+
     # -- worker resources ----------------------------------------------------------------------
     def on_worker_startup(self, hook: ResourceHook) -> ResourceHook:
         """Register ``async def hook(state)``, run by every worker of this Server before it claims
@@ -202,13 +211,24 @@ class Server:
         reply_to = self._runtime().backend.reply_channel
         return prepare(sig, self.config.default_queue, reply_to, self.registry)
 
-    async def _publish(self, messages: list[TaskMessage], concurrency: int = 0) -> None:
+    async def _publish(
+        self, messages: list[TaskMessage], sent: Sequence[Signature], concurrency: int = 0
+    ) -> None:
+        """Write ``messages`` (the Signatures ``sent`` are theirs, or nested in them), with the
+        middlewares' send hooks around the write if there are any."""
         rt = self._runtime()
         if rt.cluster and any(len({x.queue for x in walk([m])}) > 1 for m in messages):
             raise ValueError(
                 "on Redis Cluster, a task and its callbacks (or a workflow's tasks) must share "
                 "one queue (one hash slot): set the same routing_key on all of them"
             )
+        if not self.middleware:
+            await self._write(rt, messages, concurrency)
+            return
+        write = lambda: self._write(rt, messages, concurrency)  # noqa: E731
+        await self.middleware.send(sent, messages, write, self._result)
+
+    async def _write(self, rt: Runtime, messages: list[TaskMessage], concurrency: int) -> None:
         await publish(
             rt.broker,
             messages,
@@ -233,13 +253,13 @@ class Server:
         sigs = list(signatures)
         msgs = [self._prepare(s) for s in sigs]
         generation = self._runtime().listener.generation  # before the send: see ResultListener
-        await self._publish(msgs)
+        await self._publish(msgs, sigs)
         return [self._result(m, s, generation) for s, m in zip(sigs, msgs, strict=True)]
 
     async def send_group(self, group: Group, concurrency: int = 0) -> list[AsyncResult[Any]]:
         """Send a group's tasks, ``concurrency`` per round trip (0: all at once)."""
         msgs = [self._prepare(s) for s in group.tasks]
-        await self._publish(msgs, concurrency)
+        await self._publish(msgs, group.tasks, concurrency)
         return [self._result(m, s) for s, m in zip(group.tasks, msgs, strict=True)]
 
     async def send_chain(self, chain: Chain) -> ChainAsyncResult:
@@ -247,7 +267,7 @@ class Server:
         head = prepare_chain(
             chain, self.config.default_queue, self._runtime().backend.reply_channel, self.registry
         )
-        await self._publish([head])
+        await self._publish([head], chain.tasks)
         links = [m for m in walk([head]) if m.id in {s.id for s in chain.tasks}]
         return ChainAsyncResult(
             [self._result(m, s) for s, m in zip(chain.tasks, links, strict=True)]
@@ -259,7 +279,7 @@ class Server:
         members = prepare_chord(
             chord, self.config.default_queue, rt.backend.reply_channel, self.registry
         )
-        await self._publish(members, concurrency)
+        await self._publish(members, [*chord.group.tasks, chord.callback], concurrency)
         callback = members[0].chord_callback
         assert callback is not None
         return ChordAsyncResult(

@@ -16,20 +16,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger("vecna_async.cli")
 BOOT_ERROR = 3
 """Exit status of a supervised child that could not start (as gunicorn's worker boot error)."""
 
 
-def supervise(child_argv: Sequence[str], processes: int, name: str) -> int:
-    """Run ``processes`` children (``child_argv`` plus ``--name <name>-<i>``) until a signal."""
+def supervise(
+    child_argv: Sequence[str],
+    processes: int,
+    name: str,
+    per_child: Callable[[int], Sequence[str]] | None = None,
+) -> int:
+    """Run ``processes`` children (``child_argv`` plus ``--name <name>-<i>`` and what
+    ``per_child(i)`` adds) until a signal. A restarted child gets the same arguments."""
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
         # Own process group: a Ctrl-C in the terminal reaches the children only through us,
         # once, instead of twice (which a worker would take as "skip the grace period").
         argv = [sys.executable, "-m", "vecna_async", *child_argv, "--name", f"{name}-{i}"]
+        argv += per_child(i) if per_child is not None else ()
         return subprocess.Popen(argv, process_group=0)
 
     children = {i: spawn(i) for i in range(processes)}

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.redis_procs import free_port
 from tests.support.vecna import eventually, running_worker
-from vecna_async import BrokerUnavailable, Config, Server, TaskFailed
+from vecna_async import BrokerUnavailable, Config, Context, RetryTaskLater, Server, TaskFailed
 from vecna_async.logs import FIELDS, LOGGERS, JsonFormatter
 from vecna_async.worker.presence import WorkerInfo, live_workers
 
@@ -70,7 +70,11 @@ async def test_task_lines_carry_their_fields_and_a_failure_its_traceback_at_debu
             by_task.setdefault(rec.task_id, []).append(rec)  # type: ignore[attr-defined]
     lines = [(r.levelname, r.getMessage()) for r in by_task[good.task_id]]
     assert [lvl for lvl, _ in lines if lvl != "DEBUG"] == ["INFO", "INFO"], lines
-    assert "received" in lines[0][1]
+    # one line per state change: PENDING (sent), RECEIVED, STARTED, SUCCESS
+    assert [lvl for lvl, _ in lines] == ["DEBUG", "INFO", "DEBUG", "INFO"], lines
+    assert "sent to 'vecna_tasks'" in lines[0][1]
+    assert "received" in lines[1][1]
+    assert "started, attempt 1" in lines[2][1]
     assert re.search(r"succeeded in \d+\.\d{3}s", lines[-1][1]), lines
     failed = [r for r in by_task[bad.task_id] if r.levelno >= logging.WARNING]
     assert len(failed) == 1
@@ -81,6 +85,58 @@ async def test_task_lines_carry_their_fields_and_a_failure_its_traceback_at_debu
     assert [r.levelname for r in tracebacks] == ["DEBUG"]
     for rec in by_task[bad.task_id]:
         assert (rec.task_name, rec.queue) == ("boom", "vecna_tasks")  # type: ignore[attr-defined]
+
+
+async def test_a_retry_and_a_cancel_are_state_changes_with_a_line_each(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vecna_async")
+    started = anyio.Event()
+
+    @server.task(name="later")
+    async def later(ctx: Context) -> int:
+        if ctx.attempt == 1:
+            raise RetryTaskLater("not yet", delay=0.05)
+        return ctx.attempt
+
+    @server.task(name="forever")
+    async def forever() -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    async with running_worker(server):
+        retried = await later.send()
+        assert await retried.get(timeout=10) == 2
+        canceled = await forever.send()
+        await started.wait()
+        await canceled.cancel()
+        await eventually(lambda: _logged(caplog, canceled.task_id, "canceled while running"))
+
+    def lines(task_id: str) -> list[tuple[str, str]]:
+        return [
+            (r.levelname, r.getMessage())
+            for r in caplog.records
+            if getattr(r, "task_id", None) == task_id
+        ]
+
+    retry = lines(retried.task_id)
+    assert [m.split(" (")[0] + m.split(")", 1)[1] for _, m in retry[:4]] == [
+        "task later sent to 'vecna_tasks'",
+        "task later received",
+        "task later started, attempt 1",
+        "task later retrying in 0.050s: not yet (retry in 0.05s)",
+    ]
+    assert [lvl for lvl, _ in retry[:4]] == ["DEBUG", "INFO", "DEBUG", "INFO"]
+    assert "started, attempt 2" in retry[5][1]
+    stop = lines(canceled.task_id)
+    assert ("INFO", f"task {canceled.task_id} in 'vecna_tasks' was canceled: stopping it") in stop
+    assert stop[-1] == ("DEBUG", f"task forever ({canceled.task_id}) canceled while running")
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, task_id: str, text: str) -> bool:
+    return any(
+        getattr(r, "task_id", None) == task_id and text in r.getMessage() for r in caplog.records
+    )
 
 
 async def test_the_registry_shows_a_running_worker(config: Config, server: Server) -> None:

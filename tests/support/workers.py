@@ -27,13 +27,14 @@ APP = "tests.apps.delivery_app:server"
 
 @asynccontextmanager
 async def worker_process(
-    config: Config, log_path: Path, concurrency: int = 5, *extra: str
+    config: Config, log_path: Path, concurrency: int = 5, *extra: str, app: str = APP
 ) -> AsyncIterator[Process]:
-    """A ``python -m vecna_async worker`` subprocess; SIGKILLed on exit if still running.
+    """A ``python -m vecna_async worker`` subprocess of ``app``; SIGKILLed on exit if still
+    running.
 
     Its log goes to ``log_path`` and is printed afterwards (pytest shows it on failure).
     """
-    argv = [sys.executable, "-m", "vecna_async", "worker", APP]
+    argv = [sys.executable, "-m", "vecna_async", "worker", app]
     argv += ["--concurrency", str(concurrency), "--name", log_path.stem, *extra]
     with log_path.open("ab") as log:
         proc = await anyio.open_process(

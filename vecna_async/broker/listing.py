@@ -108,3 +108,14 @@ class Listing:
         with redis_errors(self._where, "listing dead letters"):
             ids = await self._client.zrange(self._keys.queue(queue).dead, 0, limit - 1)
         return [text(i) for i in ids]
+
+    async def ready_and_dead(self, queue: str) -> tuple[int, int]:
+        """How many messages of ``queue`` wait to run (ready) and how many are dead letters: two
+        ZCARDs in one round trip, cheap enough for every metrics scrape."""
+        q = self._keys.queue(queue)
+        with redis_errors(self._where, "counting a queue"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zcard(q.ready)
+                pipe.zcard(q.dead)
+                ready, dead = await pipe.execute()
+        return int(ready), int(dead)

@@ -11,6 +11,7 @@ and its plain arguments are checked against the function's annotations.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +33,8 @@ from vecna_async.tasks.workflows import Chain, Chord
 
 if TYPE_CHECKING:
     from vecna_async.broker.base import Broker
+
+log = logging.getLogger("vecna_async.producer")
 
 
 def new_id() -> str:
@@ -92,7 +95,8 @@ def prepare(
     *,
     args_first: bool = True,
 ) -> TaskMessage:
-    """Fill in ``sig.id``/``sig.code`` (as the seed does) and build its TaskMessage.
+    """Fill in ``sig.id``/``sig.code`` (as the seed does) and ``sig.routing_key`` (the queue it goes
+    to), and build its TaskMessage.
 
     With ``known``, the task's registered options fill the fields ``sig`` leaves at their
     defaults (``sig`` shows what was sent, as its id does), and its arguments are checked
@@ -108,6 +112,8 @@ def prepare(
     check_name("task id", sig.id)
     if not sig.code:
         sig.code = sig.group_id or sig.id
+    if not sig.routing_key:  # filled in as the id is: the Signature shows where it went
+        sig.routing_key = default_queue
     args: list[object] = []
     arg_types: list[str] = []
     arg_names: list[str] = []
@@ -123,7 +129,7 @@ def prepare(
     return TaskMessage(
         id=sig.id,
         name=sig.name,
-        queue=sig.routing_key or default_queue,
+        queue=sig.routing_key,
         args=args,
         arg_types=arg_types if any(arg_types) else [],
         arg_names=arg_names if any(arg_names) else [],
@@ -250,7 +256,21 @@ async def publish(
     size = concurrency or len(out) or 1
     for start in range(0, len(out), size):
         chunk_id = f"{request_id}:{start}" if request_id else ""
-        await broker.publish(out[start : start + size], chunk_id, request_ttl)
+        chunk = out[start : start + size]
+        await broker.publish(chunk, chunk_id, request_ttl)
+        if log.isEnabledFor(logging.DEBUG):
+            for m in chunk:
+                _log_sent(m)
+
+
+def _log_sent(m: Outgoing) -> None:
+    """The DEBUG line of a task that became PENDING."""
+    fields = {"task_id": m.id, "task_name": m.name, "queue": m.queue}
+    if m.due_ms:
+        due = datetime.fromtimestamp(m.due_ms / 1000, UTC).isoformat(timespec="milliseconds")
+        log.debug("task %s (%s) sent to %r, due %s", m.name, m.id, m.queue, due, extra=fields)
+    else:
+        log.debug("task %s (%s) sent to %r", m.name, m.id, m.queue, extra=fields)
 
 
 def walk(messages: Sequence[TaskMessage]) -> Iterator[TaskMessage]:

@@ -49,7 +49,8 @@ class CancelListener:
                 del self._recent[key]
         stopped = self._in_flight.stop_task(queue, task_id)
         if stopped:
-            log.info("task %s in %r was canceled: stopping it", task_id, queue)
+            fields = {"task_id": task_id, "queue": queue}
+            log.info("task %s in %r was canceled: stopping it", task_id, queue, extra=fields)
 
     async def run(self) -> None:
         backoff = 0.1

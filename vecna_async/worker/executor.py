@@ -6,11 +6,16 @@ appended), a retry (Fibonacci back-off or ``RetryTaskLater``), a failure (final 
 ``on_error`` callbacks with the error string first, then the worker's error handler), or a dead
 letter when the message itself is unusable. Nothing a task does can stop the worker.
 
+Middleware (``vecna_async.middleware``): with any registered, ``before_run`` is called before the
+task function, ``on_retry`` when a run ends in a retry and ``after_run`` after every run that
+``before_run`` saw, with its ``Outcome``; all in the run's own asyncio task. With none, nothing
+extra is built or awaited.
+
 Logging (logger ``vecna_async.worker``; every record carries ``task_id``, ``task_name``, ``queue``
-and ``worker``, see ``vecna_async.logs``): one INFO line when a task is received and one when it
-succeeds (with its run time), a retry at INFO, a failure as one WARNING line with its traceback
-at DEBUG, dead letters at ERROR; what else happens to a message is at DEBUG. So ``--log-level
-INFO`` shows the traffic and WARNING only what needs a look.
+and ``worker``, see ``vecna_async.logs``): one line per state change -- received and succeeded
+(with its run time) at INFO, a retry at INFO, started, canceled and handed back at DEBUG -- a
+failure as one WARNING line with its traceback at DEBUG, dead letters at ERROR. So ``--log-level
+INFO`` shows the traffic, DEBUG every step, and WARNING only what needs a look.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from vecna_async.broker.base import ChordFailure, ChordSuccess, Claimed, Done, ExtraState
+from vecna_async.broker.base import Claimed, Done
 from vecna_async.context import Context, ProgressReporter, discard_progress
 from vecna_async.exceptions import (
     ArgumentTypeError,
@@ -39,23 +44,20 @@ from vecna_async.exceptions import (
 )
 from vecna_async.keys import Keys
 from vecna_async.logs import bind, unbind
-from vecna_async.messages import (
-    FORMAT_VERSION,
-    State,
-    TaskMessage,
-    TaskState,
-    decode_task,
-    encode,
-)
+from vecna_async.messages import FORMAT_VERSION, State, TaskMessage, TaskState, decode_task, encode
+from vecna_async.middleware import Middlewares, Outcome
 from vecna_async.signing import Signer, signed_body, task_problem
 from vecna_async.tasks.args import coerce_typed_arg
 from vecna_async.tasks.registry import TaskEntry, TaskRegistry
 from vecna_async.tasks.signature import Signature
-from vecna_async.tasks.wire import Outgoing, outgoing, split_for_results, to_signature
+from vecna_async.tasks.wire import to_signature
 from vecna_async.worker.flusher import Flusher
+from vecna_async.worker.followups import FollowUps, final_state, padded_to
 
 log = logging.getLogger("vecna_async.worker")
 ErrorHandler = Callable[[Signature, BaseException], Any]
+SUCCESS = Outcome("success", 0.0)
+"""What a success returns when no middleware wants its details (nothing built per task)."""
 TRACEBACK_LIMIT = 8192
 
 
@@ -98,15 +100,16 @@ class Executor:
         *,
         max_result_bytes: int = 16 * 1024 * 1024,
         signer: Signer | None = None,
+        middleware: Middlewares | None = None,
     ) -> None:
         self.succeeded = 0  # tasks finished with success / failure (the worker registry shows them)
         self.failed = 0
         self._registry = registry
         self._flusher = flusher
-        self._keys = keys
-        self._max_bytes = max_message_bytes
+        self._follow = FollowUps(keys, max_message_bytes, signer)
         self._max_result_bytes = max_result_bytes
         self._signer = signer
+        self._middleware = middleware if middleware else None
         self.error_handler: ErrorHandler | None = None
         self.canceled: Callable[[Claimed], bool] = lambda c: False
         """Whether the task was canceled before this delivery started (then it is not run)."""
@@ -119,79 +122,121 @@ class Executor:
     async def run(self, c: Claimed) -> None:
         """Run one message; whatever happens, its outcome reaches the flusher."""
         if self.canceled(c):
+            log.debug("task %s in %r was canceled before it started", c.id, c.queue,
+                      extra={"task_id": c.id, "queue": c.queue})  # fmt: skip
             self._flusher.release(c)  # the settle takes it as canceled
             return
         token = bind(task_id=c.id, queue=c.queue)  # each run is a task of its own: its context
         try:
-            await self._run(c)
+            msg = self._usable(c)
+            if msg is None:
+                return
+            log.info("task %s (%s) received", msg.name, msg.id)
+            if self._middleware is None:  # no Context or Outcome is built for nobody
+                await self._attempt(c, msg, None)
+            else:
+                await self._hooked(c, msg, self._middleware)
         except Exception:  # a bug here must not strand the message under a renewed lease
             log.exception("internal error running message %s; handing it back", c.id)
             self._flusher.release(c)
         finally:
             unbind(token)
 
-    async def _run(self, c: Claimed) -> None:
+    def _usable(self, c: Claimed) -> TaskMessage | None:
+        """The claimed message, decoded; None (dead-lettered, with the reason) if it cannot be
+        read or its signature is wrong."""
         try:
             msg = decode_task(c.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             reason = undecodable_reason(c.body, exc)
             log.error("task %s in queue %r dead-lettered: %s", c.id, c.queue, reason)
             self.failed += 1
-            self._flusher.dead(c, reason, self._final(c.id, "", State.FAILURE, error=reason))
-            return
+            self._flusher.dead(c, reason, final_state(c.id, "", State.FAILURE, error=reason))
+            return None
         bind(task_name=msg.name)  # undone with the task_id that run() bound
         if self._signer is not None and (problem := task_problem(self._signer, msg, c.body)):
             reason = f"InvalidSignature: {problem}"
             log.error("task %s (%s) in queue %r dead-lettered: %s", msg.name, c.id, c.queue, reason)
             self.failed += 1
-            state = self._final(c.id, msg.name, State.FAILURE, error=reason)
+            state = final_state(c.id, msg.name, State.FAILURE, error=reason)
             self._flusher.dead(c, reason, state, msg.reply_to)  # nothing it carries runs
-            return
+            return None
+        return msg
+
+    async def _hooked(self, c: Claimed, msg: TaskMessage, mw: Middlewares) -> None:
+        """``_attempt`` with the middlewares' run hooks around it."""
+        ctx = self._context(msg)
+        outcome = await self._attempt(c, msg, ctx)
+        if outcome.status == "retry":
+            assert outcome.error is not None
+            await mw.on_retry(ctx, outcome.error, outcome.retry_in or 0.0)
+        await mw.after_run(ctx, outcome)
+
+    async def _attempt(self, c: Claimed, msg: TaskMessage, ctx: Context | None) -> Outcome:
+        """Run the task once and hand the outcome to the flusher; with a ``ctx`` (there are
+        middlewares) call ``before_run`` first and return the Outcome for the after hooks."""
         # The claim hands out only tasks this worker knows, or ones that asked to fail when
         # no worker knows them (flagged unregistered).
         entry = None if c.unregistered else self._registry.find(msg.name)
-        log.info("task %s (%s) received", msg.name, msg.id)
         began = time.perf_counter()
         try:
+            if ctx is not None and self._middleware is not None:
+                await self._middleware.before_run(ctx)
+                began = time.perf_counter()
             if entry is None:
                 raise TaskNotRegistered(msg.name, self._registry.names)
             self._flusher.started(c, msg.name)
-            value = await self._call(entry, msg)
-            results = list(value) if isinstance(value, tuple) else [value]
-            try:
-                state = encode(
-                    TaskState(
-                        task_id=msg.id, state=State.SUCCESS, task_name=msg.name, results=results
-                    )
-                )
-            except (TypeError, msgspec.EncodeError) as exc:
-                raise ResultEncodeError(
-                    f"task {msg.name!r} returned {type(value).__name__}, "
-                    f"which JSON cannot carry: {exc}"
-                ) from exc
-            if len(state) > self._max_result_bytes:
-                raise ResultTooLarge(msg.name, len(state), self._max_result_bytes)
+            log.debug("task %s (%s) started, attempt %d", msg.name, msg.id, msg.tries + 1)
+            value = await self._call(entry, msg, ctx)
+            state, results = self._success_state(msg, value)
         except RetryTaskLater as exc:
-            self._retry(c, msg, exc, int(exc.delay * 1000), counts=False)
+            return self._retry(c, msg, exc, int(exc.delay * 1000), began, counts=False)
         except anyio.get_cancelled_exc_class():
-            # The worker is stopping, or this delivery's lease was lost: hand the message back
-            # (fenced by its token, so a lost delivery changes nothing), not a failure.
-            log.debug("task %s (%s) interrupted; its message goes back", msg.name, msg.id)
-            self._flusher.release(c)
+            await self._stopped(c, msg, ctx, time.perf_counter() - began)
             raise
         except Exception as exc:
             if _retryable(exc) and msg.attempts < msg.retry_count:
                 delay = msg.retry_timeout or fibonacci_delay(msg.attempts)
-                self._retry(c, msg, exc, delay * 1000, counts=True)
-            else:
-                await self._fail(c, msg, exc, time.perf_counter() - began)
+                return self._retry(c, msg, exc, delay * 1000, began, counts=True)
+            return await self._fail(c, msg, exc, time.perf_counter() - began)
+        took = time.perf_counter() - began
+        log.info("task %s (%s) succeeded in %.3fs", msg.name, msg.id, took)
+        self.succeeded += 1
+        done = Done(c.id, c.token, state, self._follow.on_success(msg, results))
+        done.chord = self._follow.chord_success(msg, results)
+        self._flusher.done(c, done, msg.reply_to)
+        return SUCCESS if ctx is None else Outcome("success", took, value=value)
+
+    async def _stopped(
+        self, c: Claimed, msg: TaskMessage, ctx: Context | None, took: float
+    ) -> None:
+        """The run was cancelled: the worker is stopping, this delivery's lease was lost, or the
+        task was canceled. Hand the message back (fenced by its token, so a lost delivery
+        changes nothing; the settle takes a canceled task as CANCELED), not a failure."""
+        canceled = self.canceled(c)
+        if canceled:
+            log.debug("task %s (%s) canceled while running", msg.name, msg.id)
         else:
-            took = time.perf_counter() - began
-            log.info("task %s (%s) succeeded in %.3fs", msg.name, msg.id, took)
-            self.succeeded += 1
-            done = Done(c.id, c.token, state, self._on_success(msg, results))
-            done.chord = self._chord_success(msg, results)
-            self._flusher.done(c, done, msg.reply_to)
+            log.debug("task %s (%s) interrupted; its message goes back", msg.name, msg.id)
+        self._flusher.release(c)
+        if ctx is not None and self._middleware is not None:
+            stopped = Outcome("canceled" if canceled else "interrupted", took)
+            await self._middleware.after_stopped_run(ctx, stopped)
+
+    def _success_state(self, msg: TaskMessage, value: Any) -> tuple[bytes, list[Any]]:
+        """The SUCCESS state of a returned value and its results; raises if it cannot be kept."""
+        results = list(value) if isinstance(value, tuple) else [value]
+        try:
+            state = encode(
+                TaskState(task_id=msg.id, state=State.SUCCESS, task_name=msg.name, results=results)
+            )
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ResultEncodeError(
+                f"task {msg.name!r} returned {type(value).__name__}, which JSON cannot carry: {exc}"
+            ) from exc
+        if len(state) > self._max_result_bytes:
+            raise ResultTooLarge(msg.name, len(state), self._max_result_bytes)
+        return state, results
 
     def dead_lettered(self, dead: list[Claimed]) -> None:
         """Messages a claim dead-lettered (their leases kept expiring): settle what follows from
@@ -209,25 +254,25 @@ class Executor:
                 log.error(
                     "task %s (%s): InvalidSignature: %s", msg.name, c.id, problem, extra=fields
                 )
-                state = self._final(c.id, msg.name, State.FAILURE, error=err)
+                state = final_state(c.id, msg.name, State.FAILURE, error=err)
                 self._flusher.aftermath(c, Done(c.id, c.token, state, []), msg.reply_to)
                 continue
-            done = self._failure(c, msg, f"dead-lettered: {c.dead_reason}", "")
+            done = self._follow.failure(c, msg, f"dead-lettered: {c.dead_reason}", "")
             self._flusher.aftermath(c, done, msg.reply_to)
 
-    async def _call(self, entry: TaskEntry, msg: TaskMessage) -> Any:
+    async def _call(self, entry: TaskEntry, msg: TaskMessage, ctx: Context | None) -> Any:
         args = msg.args
         if msg.arg_types:
             args = [
                 coerce_typed_arg(msg.name, i, t, v) if t else v
                 for i, (t, v) in enumerate(
-                    zip(_padded(msg.arg_types, len(args)), args, strict=True)
+                    zip(padded_to(msg.arg_types, len(args)), args, strict=True)
                 )
             ]
         args, kwargs = entry.arg_spec.convert(msg.name, args, msg.kwargs)
         if entry.context is not None:
             args, kwargs = list(args), dict(kwargs)
-            entry.context.inject(self._context(msg), args, kwargs)
+            entry.context.inject(ctx or self._context(msg), args, kwargs)
         if not msg.timeout:
             return await self._invoke(entry, args, kwargs)
         with anyio.move_on_after(msg.timeout):
@@ -257,46 +302,35 @@ class Executor:
         )
 
     def _retry(
-        self, c: Claimed, msg: TaskMessage, exc: BaseException, delay_ms: int, *, counts: bool
-    ) -> None:
+        self,
+        c: Claimed,
+        msg: TaskMessage,
+        exc: BaseException,
+        delay_ms: int,
+        began: float,
+        *,
+        counts: bool,
+    ) -> Outcome:
         attempts = msg.attempts + 1 if counts else msg.attempts
         again = msgspec.structs.replace(
             msg, attempts=attempts, tries=msg.tries + 1, chord_args=-1, sig=""
         )
         body = encode(again) if self._signer is None else signed_body(again, self._signer)
-        state = self._final(msg.id, msg.name, State.RETRY, error=error_string(exc))
+        state = final_state(msg.id, msg.name, State.RETRY, error=error_string(exc))
         log.info("task %s (%s) retrying in %.3fs: %s", msg.name, msg.id, delay_ms / 1000, exc)
         self._flusher.retry(c, state, body, delay_ms)
+        took = time.perf_counter() - began
+        return Outcome("retry", took, error=exc, retry_in=delay_ms / 1000)
 
-    async def _fail(self, c: Claimed, msg: TaskMessage, exc: BaseException, took: float) -> None:
+    async def _fail(self, c: Claimed, msg: TaskMessage, exc: BaseException, took: float) -> Outcome:
         err = error_string(exc)
         tb = "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]
         log.warning("task %s (%s) failed in %.3fs: %s", msg.name, msg.id, took, err)
         log.debug("task %s (%s) failed with this traceback:", msg.name, msg.id, exc_info=exc)
         self.failed += 1
-        self._flusher.done(c, self._failure(c, msg, err, tb), msg.reply_to)
+        self._flusher.done(c, self._follow.failure(c, msg, err, tb), msg.reply_to)
         await self._call_error_handler(msg, exc)
-
-    def _failure(self, c: Claimed, msg: TaskMessage, err: str, tb: str) -> Done:
-        """A final failure: its state, its on_error callbacks (error string first), FAILURE on
-        the later links of its chain, and its chord marked failed."""
-        state = self._final(msg.id, msg.name, State.FAILURE, error=err, tb=tb)
-        follow = [self._out(cb, [err], prepend=True) for cb in msg.on_error]
-        done = Done(c.id, c.token, state, [m for m in follow if m is not None])
-        cause = f"task {msg.name!r} ({msg.id}) failed: {err}"
-        link = msg.chain_next
-        while link is not None:  # the chain stops here: its later links will never run
-            stopped = self._final(
-                link.id, link.name, State.FAILURE, error=f"chain stopped: {cause}"
-            )
-            done.extra_states.append(ExtraState(link.queue, link.id, stopped, link.reply_to))
-            link = link.chain_next
-        cb = msg.chord_callback
-        if cb is not None and msg.group_id:
-            failed = self._final(cb.id, cb.name, State.FAILURE, error=f"chord member {cause}")
-            fired = self._keys.queue(cb.queue).chord_fired(msg.group_id)
-            done.chord = ChordFailure(fired, ExtraState(cb.queue, cb.id, failed, cb.reply_to))
-        return done
+        return Outcome("timeout" if isinstance(exc, TaskTimeout) else "failure", took, error=exc)
 
     async def _call_error_handler(self, msg: TaskMessage, exc: BaseException) -> None:
         if self.error_handler is None:
@@ -308,61 +342,6 @@ class Executor:
         except Exception:
             log.exception("the worker's error handler raised for task %s (%s)", msg.name, msg.id)
 
-    def _on_success(self, msg: TaskMessage, results: list[Any]) -> list[Outgoing]:
-        follow: list[Outgoing | None] = []
-        for cb in msg.on_success:
-            passes = not (msg.immutable or cb.immutable)
-            follow.append(self._out(cb, results if passes else [], prepend=True))
-        if msg.chain_next is not None:
-            nxt = msg.chain_next
-            passes = not (msg.immutable or nxt.immutable)
-            follow.append(self._out(nxt, results if passes else [], prepend=False))
-        return [m for m in follow if m is not None]
-
-    def _chord_success(self, msg: TaskMessage, results: list[Any]) -> ChordSuccess | None:
-        cb = msg.chord_callback
-        if cb is None or not msg.group_id:
-            return None
-        out = self._out(cb, [], prepend=False, sign=False)  # its body is the two halves below
-        if out is None:
-            return None
-        prefix, suffix = split_for_results(cb, self._signer)
-        qk = self._keys.queue(cb.queue)
-        return ChordSuccess(
-            group_key=qk.chord_results(msg.group_id),
-            fired_key=qk.chord_fired(msg.group_id),
-            index=msg.group_index,
-            count=msg.group_task_count,
-            # "[a,b]" -> "a,b": spliced into the callback's args (none for an immutable one)
-            results=b"" if cb.immutable else encode(results)[1:-1],
-            callback=out,
-            body_prefix=prefix,
-            body_suffix=suffix,
-        )
-
-    def _out(
-        self, cb: TaskMessage, values: list[Any], *, prepend: bool, sign: bool = True
-    ) -> Outgoing | None:
-        """A follow-up message with ``values`` added to its args; None (logged) if it is too big."""
-        if values:
-            cb = msgspec.structs.replace(
-                cb,
-                args=[*values, *cb.args] if prepend else [*cb.args, *values],
-                arg_types=_shifted(cb.arg_types, len(cb.args), len(values), prepend),
-                arg_names=_shifted(cb.arg_names, len(cb.args), len(values), prepend),
-            )
-        try:
-            return outgoing(cb, self._max_bytes, self._signer if sign else None)
-        except Exception as exc:
-            log.error("follow-up task %s (%s) not sent: %s", cb.name, cb.id, exc)
-            return None
-
-    @staticmethod
-    def _final(task_id: str, name: str, state: State, *, error: str = "", tb: str = "") -> bytes:
-        return encode(
-            TaskState(task_id=task_id, state=state, task_name=name, error=error, traceback=tb)
-        )
-
 
 def _retryable(exc: BaseException) -> bool:
     """Retrying cannot fix a bad argument, an unknown task or an unencodable or oversized
@@ -370,15 +349,3 @@ def _retryable(exc: BaseException) -> bool:
     return not isinstance(
         exc, ArgumentTypeError | TaskNotRegistered | ResultEncodeError | ResultTooLarge
     )
-
-
-def _shifted(column: list[str], n: int, added: int, prepend: bool) -> list[str]:
-    """A per-argument column (types, names) after ``added`` untyped values join the args."""
-    if not column:
-        return []
-    padded, new = _padded(column, n), [""] * added
-    return [*new, *padded] if prepend else [*padded, *new]
-
-
-def _padded(types: list[str], n: int) -> list[str]:
-    return types + [""] * (n - len(types)) if len(types) < n else types[:n]

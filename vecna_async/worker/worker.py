@@ -140,6 +140,7 @@ class Worker:
                 rt.config.redis.max_message_bytes,
                 max_result_bytes=rt.config.redis.max_result_bytes,
                 signer=rt.signer,
+                middleware=server.middleware,
             )
             executor.error_handler = lambda sig, exc: (
                 self._error_handler(sig, exc) if self._error_handler else None
