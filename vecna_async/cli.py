@@ -1,4 +1,6 @@
-"""The command line: ``vecna-async worker pkg.module:server [options]`` and ``vecna-async check``.
+"""The command line: ``vecna-async worker pkg.module:server [options]``, ``vecna-async check``,
+and the operator's commands (``inspect``, ``queues``, ``workers``, ``running``, ``delayed``,
+``periodic``, ``dead-letters``, ``task``, ``dashboard``: ``cli_inspect.py``).
 
 ``python -m vecna_async ...`` is the same. Exit status: 0 done (or healthy); 1 an error at start
 (a VecnaError: a bad setting, credentials Redis refuses, an unsupported Redis, Redis unreachable
@@ -182,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     c.add_argument("--log-level", default=None, help=argparse.SUPPRESS)
     c.set_defaults(func=check_command, no_log_config=False, log_format="text")
+
+    from vecna_async.cli_inspect import add_inspect_commands  # (it imports this module)
+
+    add_inspect_commands(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from vecna_async.config import mask_url
 from vecna_async.inspection.types import (
     DeadLetterInfo,
     DelayedTask,
@@ -38,6 +39,8 @@ from vecna_async.messages import (
     TaskMessage,
     decode_task,
 )
+from vecna_async.redis_errors import redis_errors
+from vecna_async.tasks.wire import walk
 from vecna_async.worker.presence import registered_workers
 
 if TYPE_CHECKING:
@@ -45,6 +48,10 @@ if TYPE_CHECKING:
     from vecna_async.messages import TaskState
     from vecna_async.runtime import Runtime
     from vecna_async.server import Server
+
+
+WAITING = ("ready", "delayed", "parked", "held")
+"""Where a message waits to be run (``TaskInfo.place``)."""
 
 
 class Inspector:
@@ -59,6 +66,16 @@ class Inspector:
     def __init__(self, server: Server, queues: Iterable[str] = ()) -> None:
         self._server = server
         self._extra = [check_name("queue name", q) for q in queues]
+
+    @property
+    def where(self) -> str:
+        """The broker's URL, password masked (for titles and messages)."""
+        return mask_url(self._server.config.broker)
+
+    @property
+    def default_queue(self) -> str:
+        """The Server's ``default_queue``."""
+        return self._server.config.default_queue
 
     @asynccontextmanager
     async def _rt(self) -> AsyncIterator[Runtime]:
@@ -85,6 +102,13 @@ class Inspector:
         async with self._rt() as rt:
             counts = await rt.broker.listing.counts(names)
         return [QueueInfo(name, *c) for name, c in zip(names, counts, strict=True)]
+
+    async def now(self) -> datetime:
+        """Redis's clock, which every time the inspector returns is read from."""
+        async with self._rt() as rt:
+            with redis_errors(rt.broker.where, "reading Redis's clock"):
+                seconds, micros = await rt.broker_clients.main.time()
+        return utc(int(seconds) * 1000 + int(micros) // 1000)
 
     async def workers(self) -> list[WorkerInfo]:
         """The live workers, most recently seen first. A worker that stops heartbeating (killed,
@@ -118,10 +142,7 @@ class Inspector:
             definitions = await rt.periodic.definitions()
             upcoming, last = await rt.periodic.fire_times()
             bad = await rt.periodic.quarantined()
-        out = [
-            PeriodicInfo(code, d.spec, d.tz, d.kind, task_names(d), *_times(code, upcoming, last))
-            for code, d in definitions.items()
-        ]
+        out = [_periodic(d, upcoming, last) for d in definitions.values()]
         out += [_quarantined(q, utc(last.get(q.code))) for q in bad if q.code not in definitions]
         return sorted(out, key=lambda p: p.code)
 
@@ -186,9 +207,15 @@ class Inspector:
             return await rt.broker.purge_dead_letters(queue, ids)
 
     async def cancel_delayed(self, queue: str, task_id: str) -> bool:
-        """Cancel a task of ``queue`` that has not started (delayed, or waiting in the queue):
-        it never runs and its state becomes CANCELED (``server.cancel_delayed_task``). False if
-        it already started, finished or is unknown."""
+        """Cancel a task of ``queue`` that waits (delayed, ready, parked or held by a limit): it
+        never runs and its state becomes CANCELED (``server.cancel_delayed_task``). False if no
+        such message waits there: it started, finished, is a dead letter or is unknown. (Unlike
+        ``cancel_delayed_task``, an id not in the queue is not canceled ahead: a mistyped id
+        must not leave a tombstone behind.)"""
+        async with self._rt() as rt:
+            stored = await rt.broker.listing.stored(queue, task_id)
+        if stored is None or stored.place not in WAITING:
+            return False
         return await self._server.cancel_delayed_task(task_id, queue=queue)
 
     async def cancel_periodic(self, code: str) -> bool:
@@ -210,10 +237,20 @@ def task_names(d: PeriodicDefinition) -> list[str]:
     return out
 
 
-def _times(
-    code: str, upcoming: dict[str, int], last: dict[str, int]
-) -> tuple[datetime | None, datetime | None]:
-    return utc(upcoming.get(code)), utc(last.get(code))
+def _periodic(
+    d: PeriodicDefinition, upcoming: dict[str, int], last: dict[str, int]
+) -> PeriodicInfo:
+    callback = [d.callback] if d.callback is not None else []
+    return PeriodicInfo(
+        d.code,
+        d.spec,
+        d.tz,
+        d.kind,
+        task_names(d),
+        next_fire=utc(upcoming.get(d.code)),
+        last_fire=utc(last.get(d.code)),
+        queues=sorted({m.queue for m in walk([*d.tasks, *callback])}),
+    )
 
 
 def _quarantined(q: QuarantinedPeriodic, last: datetime | None) -> PeriodicInfo:

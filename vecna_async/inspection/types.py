@@ -8,7 +8,7 @@ end in later releases; none is renamed or removed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -81,6 +81,7 @@ class PeriodicInfo:
     next_fire: datetime | None
     last_fire: datetime | None  # None: not fired since this release's schedulers run it
     quarantined: str | None = None
+    queues: list[str] = field(default_factory=list)  # the queues its messages go to
 
 
 @dataclass(frozen=True)
