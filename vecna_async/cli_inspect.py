@@ -49,6 +49,27 @@ or nothing found, 2 usage error.
 """
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose positionals may come between options when ``intermixed`` is set:
+    ``dead-letters requeue TARGET --queue Q ID ID`` (a plain parse takes only the positionals
+    before the first option). ``cli.py`` makes every subcommand's parser one; only the commands
+    with free words (IDs, a CODE) turn it on."""
+
+    intermixed = False
+    _inside = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if not self.intermixed or self._inside:  # (the intermixed parse calls this twice)
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def add_inspect_commands(sub: Any) -> None:
     """Register the commands on the ``vecna-async`` subparsers."""
 
@@ -150,6 +171,7 @@ def _target(p: Any) -> None:
 
 def _words(p: Any, metavar: str) -> None:
     p.add_argument("words", nargs="*", metavar=metavar, help=argparse.SUPPRESS)
+    p.intermixed = True
 
 
 def _count(value: str) -> int:
