@@ -195,7 +195,7 @@ def task_text(info: TaskInfo, now: datetime) -> str:
 def _dead(info: TaskInfo, now: datetime) -> str:
     if info.dead_at is None:
         return ""
-    since = f"since {ago(info.dead_at, now)}"
+    since = ago(info.dead_at, now)
     return since if info.dead_reason in info.error else f"{since}: {info.dead_reason}"
 
 
