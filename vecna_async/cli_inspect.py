@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
 
 import anyio
 
@@ -24,6 +26,7 @@ from vecna_async.inspection import tables
 from vecna_async.inspection.inspector import Inspector
 from vecna_async.inspection.types import to_json
 
+T = TypeVar("T")
 Command = Callable[[Inspector, argparse.Namespace], Awaitable[int]]
 ACTIONS = {"delayed": ("cancel",), "periodic": ("cancel",), "dead-letters": ("requeue", "purge")}
 
@@ -70,108 +73,93 @@ class CommandParser(argparse.ArgumentParser):
             self._inside = False
 
 
-def add_inspect_commands(sub: Any) -> None:
-    """Register the commands on the ``vecna-async`` subparsers."""
+@dataclass(frozen=True)
+class Spec:
+    """One command: its name, help, what ``--queue`` means to it, and its positionals: TARGET
+    only (``words`` None) or free words (an action, TARGET, IDs or a CODE) shown as ``words``."""
 
-    def command(name: str, helptext: str, run: Command, *, usage: str | None = None) -> Any:
+    name: str
+    run: Command
+    help: str
+    queue_help: str
+    words: str | None = None
+    paged: bool = False
+    usage: str | None = None
+
+
+def _specs() -> list[Spec]:
+    every = "this queue only (default: every known queue)"
+    return [
+        Spec("inspect", _inspect, "one screen: queues, workers, periodic entries",
+             "show this queue too (it may repeat)"),
+        Spec("queues", _queues, "message counts of each known queue",
+             "only this queue (it may repeat); shown even if not known"),
+        Spec("workers", _workers, "the live workers", "only workers consuming this queue"),
+        Spec("running", _running, "tasks running now, with their worker and lease deadline",
+             every, paged=True),
+        Spec("delayed", _delayed, "tasks waiting for their ETA or retry; 'cancel' one",
+             f"{every}; cancel: the queue that holds the id", "[cancel] TARGET [ID ...]", True,
+             "vecna-async delayed [cancel] (TARGET | --broker URL) [ID ...] [--queue Q] [--json]"),
+        Spec("periodic", _periodic, "periodic entries, next and last fire; 'cancel' one by code",
+             "only entries sending to this queue", "[cancel] TARGET [CODE]",
+             usage="vecna-async periodic [cancel] (TARGET | --broker URL) [CODE] [--json]"),
+        Spec("dead-letters", _dead, "dead letters with their reason; 'requeue' or 'purge' them",
+             f"{every}; requeue/purge: default_queue unless given",
+             "[requeue|purge] TARGET [ID ...]", True,
+             "vecna-async dead-letters [requeue|purge] (TARGET | --broker URL) [--queue Q] "
+             "[ID ... | --all] [--json]"),
+        Spec("task", _task, "one task by id: state, arguments, result or error, where it is",
+             "the task's queue (default: search the known queues)", "TARGET ID",
+             usage="vecna-async task (TARGET | --broker URL) ID [--queue Q] [--json]"),
+        Spec("dashboard", _dashboard, "serve a read-only web page of the inspect tables",
+             "show this queue too (it may repeat)"),
+    ]  # fmt: skip
+
+
+def add_inspect_commands(sub: Any) -> None:
+    """Register the commands on the ``vecna-async`` subparsers (made with ``CommandParser``)."""
+    for spec in _specs():
         p = sub.add_parser(
-            name,
-            help=helptext,
-            description=helptext,
-            usage=usage,
+            spec.name,
+            help=spec.help,
+            description=spec.help,
+            usage=spec.usage,
             epilog=EXAMPLES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.set_defaults(func=lambda args: _run(args, run))
+        p.set_defaults(func=lambda args, run=spec.run: _run(args, run))
+        if spec.words is None:
+            p.add_argument("target", nargs="?", default="", help="pkg.module:server")
+        else:
+            p.add_argument("words", nargs="*", metavar=spec.words, help=argparse.SUPPRESS)
+            p.intermixed = True
         p.add_argument("--broker", default="", metavar="URL", help="a Redis URL instead of TARGET")
+        p.add_argument("--queue", "-q", action="append", metavar="Q", help=spec.queue_help)
         p.add_argument(
             "--timeout", type=float, default=10.0, metavar="SECONDS",
             help="give up (status 1) if Redis does not answer within this long (default 10)",
         )  # fmt: skip
-        return p
-
-    def queue_option(p: Any, helptext: str) -> None:
-        p.add_argument("--queue", "-q", action="append", metavar="Q", help=helptext)
-
-    def output(p: Any, paged: bool = False) -> None:
+        if spec.name == "dashboard":
+            _dashboard_options(p)
+            continue
         p.add_argument("--json", action="store_true", help="print JSON (times in ISO 8601 UTC)")
-        if paged:
-            p.add_argument("--offset", type=_count, default=0, help="skip this many (per queue)")
-            p.add_argument("--limit", type=_count, default=100, help="at most this many (100)")
+        if spec.paged:
+            p.add_argument(
+                "--offset", type=_count, default=0, metavar="N", help="skip this many (per queue)"
+            )
+            p.add_argument(
+                "--limit", type=_count, default=100, metavar="N", help="at most this many (100)"
+            )
+        if spec.name == "dead-letters":
+            p.add_argument("--all", action="store_true", help="requeue/purge every dead letter")
 
-    p = command("inspect", "one screen: queues, workers, periodic entries", _inspect)
-    _target(p)
-    output(p)
-    queue_option(p, "show this queue too (it may repeat)")
 
-    p = command("queues", "message counts of each known queue", _queues)
-    _target(p)
-    output(p)
-    queue_option(p, "only this queue (it may repeat); shown even if not known")
-
-    p = command("workers", "the live workers", _workers)
-    _target(p)
-    output(p)
-    queue_option(p, "only workers consuming this queue")
-
-    p = command("running", "tasks running now, with their worker and lease deadline", _running)
-    _target(p)
-    output(p, paged=True)
-    queue_option(p, "this queue only (default: every known queue)")
-
-    p = command(
-        "delayed", "tasks waiting for their ETA or retry; 'cancel' one", _delayed,
-        usage="vecna-async delayed [cancel] (TARGET | --broker URL) [ID ...] [--queue Q] [--json]",
-    )  # fmt: skip
-    _words(p, "[cancel] TARGET [ID ...]")
-    output(p, paged=True)
-    queue_option(p, "this queue only (cancel: default, the queue that holds the id)")
-
-    p = command(
-        "periodic", "periodic entries, next and last fire; 'cancel' one by code", _periodic,
-        usage="vecna-async periodic [cancel] (TARGET | --broker URL) [CODE] [--json]",
-    )  # fmt: skip
-    _words(p, "[cancel] TARGET [CODE]")
-    output(p)
-    queue_option(p, "only entries sending to this queue")
-
-    p = command(
-        "dead-letters", "dead letters with their reason; 'requeue' or 'purge' them", _dead,
-        usage="vecna-async dead-letters [requeue|purge] (TARGET | --broker URL) [--queue Q] "
-        "[ID ... | --all] [--json]",
-    )  # fmt: skip
-    _words(p, "[requeue|purge] TARGET [ID ...]")
-    output(p, paged=True)
-    queue_option(p, "this queue only (requeue/purge: default_queue unless given)")
-    p.add_argument(
-        "--all", action="store_true", help="requeue/purge every dead letter of the queue"
-    )
-
-    p = command(
-        "task", "one task by id: state, arguments, result or error, where it is", _task,
-        usage="vecna-async task (TARGET | --broker URL) ID [--queue Q] [--json]",
-    )  # fmt: skip
-    _words(p, "TARGET ID")
-    output(p)
-    queue_option(p, "the task's queue (default: search the known queues)")
-
-    p = command("dashboard", "serve a read-only web page of the inspect tables", _dashboard)
-    _target(p)
+def _dashboard_options(p: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
     p.add_argument(
         "--refresh", type=float, default=2.0, metavar="SECONDS", help="page refresh (default 2)"
     )
-    queue_option(p, "show this queue too (it may repeat)")
-
-
-def _target(p: Any) -> None:
-    p.add_argument("target", nargs="?", default="", help="pkg.module:server (or use --broker)")
-
-
-def _words(p: Any, metavar: str) -> None:
-    p.add_argument("words", nargs="*", metavar=metavar, help=argparse.SUPPRESS)
-    p.intermixed = True
 
 
 def _count(value: str) -> int:
@@ -239,26 +227,18 @@ async def _queues(insp: Inspector, args: argparse.Namespace) -> int:
     queues = await insp.queues()
     if args.queue:
         queues = [q for q in queues if q.name in args.queue]
-    _show(args, queues, lambda: tables.queues_table(queues))
-    return 0
+    return await _show(insp, args, queues, lambda items, _: tables.queues_table(items))
 
 
 async def _workers(insp: Inspector, args: argparse.Namespace) -> int:
-    now = await insp.now()
     workers = await insp.workers()
     if args.queue:
         workers = [w for w in workers if set(w.queues) & set(args.queue)]
-    _show(args, workers, lambda: tables.workers_table(workers, now))
-    return 0
+    return await _show(insp, args, workers, tables.workers_table)
 
 
 async def _running(insp: Inspector, args: argparse.Namespace) -> int:
-    now = await insp.now()
-    found = []
-    for queue in args.queue or await insp.queue_names():
-        found += await insp.running(queue, args.offset, args.limit)
-    _show(args, found, lambda: tables.running_table(found, now))
-    return 0
+    return await _show(insp, args, await _pages(insp, args, insp.running), tables.running_table)
 
 
 async def _task(insp: Inspector, args: argparse.Namespace) -> int:
@@ -279,11 +259,28 @@ async def _task(insp: Inspector, args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace, items: Sequence[object], table: Callable[[], Any]) -> None:
+async def _pages(
+    insp: Inspector, args: argparse.Namespace, page: Callable[[str, int, int], Awaitable[list[T]]]
+) -> list[T]:
+    """One page (``--offset``, ``--limit``) of each ``--queue``, or of each known queue."""
+    found: list[T] = []
+    for queue in args.queue or await insp.queue_names():
+        found += await page(queue, args.offset, args.limit)
+    return found
+
+
+async def _show(
+    insp: Inspector,
+    args: argparse.Namespace,
+    items: list[T],
+    table: Callable[[list[T], datetime], tables.Table],
+) -> int:
+    """Print ``items`` as JSON, or as their table (times relative to Redis's clock)."""
     if args.json:
-        _print_json(list(items))
+        _print_json(items)
     else:
-        sys.stdout.write(tables.render_text([table()]))
+        sys.stdout.write(tables.render_text([table(items, await insp.now())]))
+    return 0
 
 
 # -- commands with an action ----------------------------------------------------------------------
@@ -293,12 +290,7 @@ async def _delayed(insp: Inspector, args: argparse.Namespace) -> int:
     if args.action == "cancel":
         return await _cancel_delayed(insp, args)
     _no_rest(args, "delayed")
-    now = await insp.now()
-    found = []
-    for queue in args.queue or await insp.queue_names():
-        found += await insp.delayed(queue, args.offset, args.limit)
-    _show(args, found, lambda: tables.delayed_table(found, now))
-    return 0
+    return await _show(insp, args, await _pages(insp, args, insp.delayed), tables.delayed_table)
 
 
 async def _cancel_delayed(insp: Inspector, args: argparse.Namespace) -> int:
@@ -333,12 +325,10 @@ async def _periodic(insp: Inspector, args: argparse.Namespace) -> int:
         _error(f"no periodic entry {code!r}")
         return 1
     _no_rest(args, "periodic")
-    now = await insp.now()
     entries = await insp.periodic()
     if args.queue:
         entries = [p for p in entries if set(p.queues) & set(args.queue)]
-    _show(args, entries, lambda: tables.periodic_table(entries, now))
-    return 0
+    return await _show(insp, args, entries, tables.periodic_table)
 
 
 async def _dead(insp: Inspector, args: argparse.Namespace) -> int:
@@ -346,12 +336,8 @@ async def _dead(insp: Inspector, args: argparse.Namespace) -> int:
         _no_rest(args, "dead-letters")
         if args.all:
             raise CliError("dead-letters: --all goes with requeue or purge")
-        now = await insp.now()
-        found = []
-        for queue in args.queue or await insp.queue_names():
-            found += await insp.dead_letters(queue, args.offset, args.limit)
-        _show(args, found, lambda: tables.dead_letters_table(found, now))
-        return 0
+        letters = await _pages(insp, args, insp.dead_letters)
+        return await _show(insp, args, letters, tables.dead_letters_table)
     if bool(args.rest) == bool(args.all):
         raise CliError(f"dead-letters {args.action}: give the IDs, or --all (not both)")
     if args.queue and len(args.queue) > 1:
@@ -378,5 +364,5 @@ def _no_rest(args: argparse.Namespace, command: str) -> None:
 async def _dashboard(insp: Inspector, args: argparse.Namespace) -> int:
     from vecna_async.inspection.dashboard import serve
 
-    await serve(insp, args.host, args.port, refresh=args.refresh)
+    await serve(insp, args.host, args.port, refresh=args.refresh, redis_timeout=args.timeout)
     return 0

@@ -31,7 +31,6 @@ from vecna_async.inspection.types import Snapshot, to_json
 
 HEAD_MAX = 16_384
 READ_SECONDS = 10.0
-REDIS_SECONDS = 10.0
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            503: "Service Unavailable"}  # fmt: skip
 
@@ -45,10 +44,11 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#777}.error
 class Dashboard:
     """Answers one HTTP request at a time per connection from the Inspector's snapshots."""
 
-    def __init__(self, insp: Inspector, title: str, refresh: float) -> None:
+    def __init__(self, insp: Inspector, title: str, refresh: float, redis_timeout: float) -> None:
         self._insp = insp
         self._title = title
         self._refresh = refresh
+        self._redis_timeout = redis_timeout  # a request answers 503 after this long
 
     async def handle(self, stream: SocketStream) -> None:
         async with stream:
@@ -72,7 +72,7 @@ class Dashboard:
             return 405, "text/plain", b"read-only: GET and HEAD only\n"
         if path == "/healthz":
             try:
-                with anyio.fail_after(REDIS_SECONDS):
+                with anyio.fail_after(self._redis_timeout):
                     await self._insp.now()
             except (VecnaError, TimeoutError) as exc:
                 return 503, "text/plain", f"unavailable: {_why(exc)}\n".encode()
@@ -80,7 +80,7 @@ class Dashboard:
         if path not in ("/", "/api/inspect"):
             return 404, "text/plain", b"not found: try / or /api/inspect\n"
         try:
-            with anyio.fail_after(REDIS_SECONDS):
+            with anyio.fail_after(self._redis_timeout):
                 snap = await self._insp.snapshot()
         except (VecnaError, TimeoutError) as exc:
             if path == "/api/inspect":
@@ -147,6 +147,7 @@ async def serve(
     port: int,
     *,
     refresh: float = 2.0,
+    redis_timeout: float = 10.0,
     title: str = "",
     ready: Callable[[str], None] | None = None,
 ) -> None:
@@ -155,7 +156,7 @@ async def serve(
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     bound = listener.extra(SocketAttribute.local_port)
     url = f"http://{host}:{bound}/"
-    dashboard = Dashboard(insp, title or insp.where, refresh)
+    dashboard = Dashboard(insp, title or insp.where, refresh, redis_timeout)
     if ready is None:
         print(f"vecna-async dashboard on {url} (read-only, no authentication)", flush=True)
     else:
