@@ -88,9 +88,11 @@ class Inspector:
     async def queue_names(self) -> list[str]:
         """The queues ``queues()`` shows (see the module docstring), sorted."""
         async with self._rt() as rt:
-            known = await rt.broker.listing.known_queues()
-            _, workers = await registered_workers(rt.broker_clients.main, rt.keys, rt.broker.where)
-        names = {rt.config.default_queue, *self._extra, *known}
+            _, workers = await _registry(rt)
+            return await self._names(rt, workers)
+
+    async def _names(self, rt: Runtime, workers: list[WorkerInfo]) -> list[str]:
+        names = {rt.config.default_queue, *self._extra, *await rt.broker.listing.known_queues()}
         for w in workers:
             names.update(w.queues)
         return sorted(names)
@@ -98,10 +100,9 @@ class Inspector:
     async def queues(self) -> list[QueueInfo]:
         """Each known queue with its counts: ready, delayed, running, dead letters, parked and
         held messages (a few commands per queue, in two round trips)."""
-        names = await self.queue_names()
         async with self._rt() as rt:
-            counts = await rt.broker.listing.counts(names)
-        return [QueueInfo(name, *c) for name, c in zip(names, counts, strict=True)]
+            _, workers = await _registry(rt)
+            return await _counted(rt, await self._names(rt, workers))
 
     async def now(self) -> datetime:
         """Redis's clock, which every time the inspector returns is read from."""
@@ -113,11 +114,8 @@ class Inspector:
     async def workers(self) -> list[WorkerInfo]:
         """The live workers, most recently seen first. A worker that stops heartbeating (killed,
         hung, cut off) drops out after three heartbeat intervals by itself."""
-        return (await self._workers())[1]
-
-    async def _workers(self) -> tuple[datetime, list[WorkerInfo]]:
         async with self._rt() as rt:
-            return await registered_workers(rt.broker_clients.main, rt.keys, rt.broker.where)
+            return (await _registry(rt))[1]
 
     async def running(self, queue: str, offset: int = 0, limit: int = 100) -> list[RunningTask]:
         """Tasks of ``queue`` running now, with their worker and lease deadline; the lease
@@ -191,8 +189,10 @@ class Inspector:
 
     async def snapshot(self) -> Snapshot:
         """Queues, workers and periodic entries at once: what ``vecna-async inspect`` shows."""
-        now, workers = await self._workers()
-        return Snapshot(await self.queues(), workers, await self.periodic(), now)
+        async with self._rt() as rt:
+            now, workers = await _registry(rt)
+            queues = await _counted(rt, await self._names(rt, workers))
+            return Snapshot(queues, workers, await self.periodic(), now)
 
     # -- actions -------------------------------------------------------------------------------
     async def requeue_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
@@ -221,6 +221,16 @@ class Inspector:
     async def cancel_periodic(self, code: str) -> bool:
         """Stop a periodic entry (``server.cancel_periodic_task``); False if no such code."""
         return await self._server.cancel_periodic_task(code)
+
+
+async def _registry(rt: Runtime) -> tuple[datetime, list[WorkerInfo]]:
+    """Redis's time and the live workers."""
+    return await registered_workers(rt.broker_clients.main, rt.keys, rt.broker.where)
+
+
+async def _counted(rt: Runtime, names: list[str]) -> list[QueueInfo]:
+    counts = await rt.broker.listing.counts(names)
+    return [QueueInfo(name, *c) for name, c in zip(names, counts, strict=True)]
 
 
 def task_names(d: PeriodicDefinition) -> list[str]:
