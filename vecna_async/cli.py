@@ -1,4 +1,6 @@
-"""The command line: ``vecna-async worker pkg.module:server [options]`` and ``vecna-async check``.
+"""The command line: ``vecna-async worker pkg.module:server [options]``, ``vecna-async check``,
+and the operator's commands (``inspect``, ``queues``, ``workers``, ``running``, ``delayed``,
+``periodic``, ``dead-letters``, ``task``, ``dashboard``: ``cli_inspect.py``).
 
 ``python -m vecna_async ...`` is the same. Exit status: 0 done (or healthy); 1 an error at start
 (a VecnaError: a bad setting, credentials Redis refuses, an unsupported Redis, Redis unreachable
@@ -151,8 +153,10 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vecna_async.cli_inspect import CommandParser, add_inspect_commands  # (imports this)
+
     parser = argparse.ArgumentParser(prog="vecna-async", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     w = sub.add_parser("worker", help="run a worker for the Server at pkg.module:attribute")
     w.add_argument("target", help="where the Server is, e.g. myapp.tasks:server")
     w.add_argument("--concurrency", "-c", type=int, default=10, help="tasks at once (0 = no limit)")
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     c.add_argument("--log-level", default=None, help=argparse.SUPPRESS)
     c.set_defaults(func=check_command, no_log_config=False, log_format="text")
+    add_inspect_commands(sub)
     return parser
 
 

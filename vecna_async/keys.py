@@ -17,7 +17,10 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:{q}:m:<id>         HASH  the message record: b=body n=name p=order score d=deliveries
                                    o=lease token of the current delivery r=reply channels
                                    i=ignore-if-unregistered e=dead-letter reason t=when
-                                   k=aftermath settled
+                                   k=aftermath settled; while o is set (leased), also w=the
+                                   worker holding it and c=when it claimed it (epoch ms,
+                                   Redis's clock): written by the claim in the same HSET, left
+                                   stale once the delivery ends (the next claim rewrites them)
     vecna:{q}:s:<id>         STR   the task's TaskState (JSON), expires after results_expire_in
     vecna:{q}:p:<id>         STR   the task's latest reported progress (JSON), same expiry
     vecna:{q}:w:<id>         SET   with a separate result backend, on it: the reply channels of
@@ -49,6 +52,8 @@ in one Redis Cluster slot, so every Lua script touches a single slot)::
     vecna:{periodic}:defs    HASH  code -> periodic definition
     vecna:{periodic}:next    ZSET  code -> next fire time (epoch ms)
     vecna:{periodic}:bad     HASH  code -> a definition no scheduler can fire: raw, reason, when
+    vecna:{periodic}:last    HASH  code -> the last tick fired (epoch ms): written by the
+                                   scheduler that advanced the definition, dropped on cancel
     vecna:{workers}:index    ZSET  worker name -> its last heartbeat (epoch ms, Redis's clock);
                                    an entry whose HASH below has expired is pruned by readers and
                                    by other workers' heartbeats
@@ -157,6 +162,7 @@ class Keys:
         self.periodic_defs = f"{prefix}:{{periodic}}:defs"
         self.periodic_next = f"{prefix}:{{periodic}}:next"
         self.periodic_bad = f"{prefix}:{{periodic}}:bad"
+        self.periodic_last = f"{prefix}:{{periodic}}:last"
         self.periodic_request_prefix = f"{prefix}:{{periodic}}:req:"
         self.workers_index = f"{prefix}:{{workers}}:index"
         self.worker_prefix = f"{prefix}:{{workers}}:w:"

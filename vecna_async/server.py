@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, overload
 
 import anyio
 
@@ -45,6 +45,9 @@ from vecna_async.tasks.signature import Signature
 from vecna_async.tasks.wire import prepare, prepare_chain, prepare_chord, publish, walk
 from vecna_async.tasks.workflows import Chain, Chord, Group
 from vecna_async.worker.worker import Worker
+
+if TYPE_CHECKING:
+    from vecna_async.inspection.inspector import Inspector
 
 log = logging.getLogger("vecna_async.scheduler")
 P = ParamSpec("P")
@@ -465,6 +468,18 @@ class Server:
                 log.warning("scheduler: startup checks skipped: %s", exc)
             async with running(self.new_scheduler(queues, write_declared=True)) as sched:
                 yield sched
+
+    def inspect(self, queues: Iterable[str] = ()) -> Inspector:
+        """The inspection API (``vecna_async.inspection``): queues, workers, running, delayed
+        and periodic tasks, dead letters, one task by id, and the operator's actions. ``queues``
+        are shown besides the known ones (default_queue, live workers' queues, queues with
+        delayed work). Uses this Server's connections if it is connected, else its own per call.
+
+        >>> # insp = server.inspect();  await insp.queues()  -> [QueueInfo(name=...), ...]
+        """
+        from vecna_async.inspection.inspector import Inspector  # only when used
+
+        return Inspector(self, queues)
 
     def get_broker(self) -> RedisBroker:
         return self._runtime().broker

@@ -480,9 +480,10 @@ async def test_scripts_are_idempotent_under_a_resent_call(
     assert await rc.zcard(q.ready) == 2
 
     # nonce, request id, max_n, lease_ms, max_deliveries, write_states, ttl, reap_limit,
-    # resend_window, max_step_ms, dead_max, dead_max_age_ms, parked_max_age_ms, task names
+    # resend_window, max_step_ms, dead_max, dead_max_age_ms, parked_max_age_ms, worker, task names
     claim = [*meta, "nonce-1", "claim-req-1", 1, 60_000, 5, "1", ttl, 100, 60, 1000, 100, 10**9]
     claim.append(10**9)
+    claim.append("w1")
     claim.append("echo")
     first = await script("claim")(rc, keys, claim)
     assert len(first) == 5

@@ -136,8 +136,12 @@ class Broker(Protocol):
         ``request_id`` within ``request_ttl`` seconds (0: as long as redis-py may still resend
         a call) is a no-op (per queue)."""
 
-    async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
-        """Claim up to ``max_n`` messages of the given task names, each with a fresh lease."""
+    async def claim(
+        self, queue: str, max_n: int, task_names: Sequence[str], worker: str = ""
+    ) -> list[Claimed]:
+        """Claim up to ``max_n`` messages of the given task names, each with a fresh lease.
+        ``worker`` (the claiming worker's name) is recorded with each lease, so an operator sees
+        who runs what (``server.inspect().running(queue)``)."""
 
     async def settle(self, batch: SettleBatch) -> list[str]:
         """Apply outcomes; returns the entries not applied: the token of a delivery whose lease

@@ -204,14 +204,16 @@ class RedisBroker:
             await conn.close()
 
     # -- consuming --------------------------------------------------------------------------
-    async def claim(self, queue: str, max_n: int, task_names: Sequence[str]) -> list[Claimed]:
+    async def claim(
+        self, queue: str, max_n: int, task_names: Sequence[str], worker: str = ""
+    ) -> list[Claimed]:
         r = self._config.redis
         nonce = uuid.uuid4().hex[:16]
         args = [
             nonce, uuid.uuid4().hex, max_n, self._lease_ms, r.max_deliveries, self._flag,
             self._ttl, max(100, max_n), self._resend_window, self._max_step_ms,
             r.dead_letters_max, r.dead_letters_max_age * 1000, r.parked_max_age * 1000,
-            *task_names,
+            worker, *task_names,
         ]  # fmt: skip
         flat = await self._script("claim", queue, args, self._claim_conn)
         out = []

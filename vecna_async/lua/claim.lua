@@ -4,7 +4,8 @@
 -- KEYS: one key of the queue (for routing). ARGV: queue (packed keys), sched_channel, nonce,
 --   request_id, max_n, lease_ms, max_deliveries, write_states (0/1), state_ttl, reap_limit,
 --   resend_window (s: how long this call's reply is remembered), max_step_ms (lease clock),
---   dead_max, dead_max_age_ms, parked_max_age_ms, then the task names.
+--   dead_max, dead_max_age_ms, parked_max_age_ms, worker (the claiming worker's name, '' if
+--   none: recorded on each leased record for the inspection API), then the task names.
 -- Returns a flat list: id, body, deliveries, flag, token per message: flag '' (claimed),
 -- 'unregistered' (claimed to fail it), or 'dead:<reason>' (a dead letter whose aftermath is to be
 -- settled; its token is '').
@@ -18,9 +19,9 @@ local max_deliveries, write_states = tonumber(ARGV[7]), ARGV[8] == '1'
 local ttl, reap_limit = tonumber(ARGV[9]), tonumber(ARGV[10])
 local resend_window, max_step = tonumber(ARGV[11]), tonumber(ARGV[12])
 local dead_max, dead_max_age = tonumber(ARGV[13]), tonumber(ARGV[14])
-local parked_max_age = tonumber(ARGV[15])
+local parked_max_age, worker = tonumber(ARGV[15]), ARGV[16]
 local known = {}
-for i = 16, #ARGV do
+for i = 17, #ARGV do
   known[ARGV[i]] = true
 end
 local out = {}
@@ -165,7 +166,8 @@ while #leases / 2 < max_n and rounds < 8 do
         limits_hold(q, name, r[6], id, score, retry_at or (now + lease_ms))
       elseif known[name] or r[3] == '1' then
         local d = tonumber(r[5] or 0) + 1
-        redis.call('HSET', rk, 'd', d, 'o', token)
+        -- w, c: who holds it and since when, for the inspection API (same HSET: no extra call)
+        redis.call('HSET', rk, 'd', d, 'o', token, 'w', worker, 'c', now)
         leases[#leases + 1] = deadline
         leases[#leases + 1] = id
         claimed[#claimed + 1] = id .. ' ' .. token

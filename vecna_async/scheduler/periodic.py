@@ -108,7 +108,8 @@ class PeriodicStore:
     async def cancel(self, code: str) -> bool:
         """Stop the definition (and drop its quarantine record); True if either existed."""
         async with unavailable_as(self._where):
-            return bool(await script("periodic_cancel")(self._client, self._k(bad=True), [code]))
+            keys = [*self._k(bad=True), self._keys.periodic_last]
+            return bool(await script("periodic_cancel")(self._client, keys, [code]))
 
     async def definitions(self) -> dict[str, PeriodicDefinition]:
         """The stored definitions a scheduler can fire; a bad one is left out (the next pass that
@@ -121,6 +122,19 @@ class PeriodicStore:
             with contextlib.suppress(BadDefinition):
                 out[code] = decode_stored(code, raw(v), self._max_bytes)
         return out
+
+    async def fire_times(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Each code's next fire time and the last tick fired (epoch ms, Redis's clock), read
+        in one round trip. The last firing is recorded by this release's schedulers only."""
+        pipeline = self._client.pipeline(transaction=False)
+        async with unavailable_as(self._where), pipeline as pipe:
+            pipe.zrange(self._keys.periodic_next, 0, -1, withscores=True)
+            pipe.hgetall(self._keys.periodic_last)
+            upcoming, last = await pipe.execute()
+        return (
+            {_text(code): int(score) for code, score in upcoming},
+            {_text(code): int(tick) for code, tick in last.items()},
+        )
 
     async def quarantined(self) -> list[QuarantinedPeriodic]:
         """The definitions moved aside because no scheduler could fire them, oldest first. They
@@ -198,7 +212,8 @@ class PeriodicStore:
             await self._broker.publish_tick(chunk, d.code, start, tick, FIRING_DEDUP_SECONDS)
         nxt = schedule(d.spec, d.tz).next_after(max(tick, now))
         async with unavailable_as(self._where):
-            if await script("periodic_advance")(self._client, self._k(), [d.code, tick, nxt]):
+            keys = [*self._k(), self._keys.periodic_last]
+            if await script("periodic_advance")(self._client, keys, [d.code, tick, nxt]):
                 self.fired += 1
         return nxt
 

@@ -53,6 +53,7 @@ class Consumer:
         claim_batch: int,
         poll_seconds: float,
         lease_seconds: float,
+        worker_name: str = "",
     ) -> None:
         self._on_dead = on_dead
         self._broker = broker
@@ -64,6 +65,7 @@ class Consumer:
         self._batch = claim_batch
         self._poll = poll_seconds
         self._lease = lease_seconds
+        self._worker_name = worker_name  # recorded with each lease (inspection: who runs what)
         self._stopping = False
         self._idle_scope: anyio.CancelScope | None = None
 
@@ -113,7 +115,7 @@ class Consumer:
     async def _claim(self, queue: str, n: int, tasks: TaskSet) -> int:
         """Claim up to ``n`` messages of ``queue`` and start them; returns how many started."""
         asked_at = time.monotonic()
-        claimed = await self._broker.claim(queue, n, self._names)
+        claimed = await self._broker.claim(queue, n, self._names, self._worker_name)
         if time.monotonic() - asked_at > self._lease / 2:
             claimed = await self._still_ours(queue, claimed)
         dead = [c for c in claimed if c.dead_reason is not None]

@@ -137,6 +137,26 @@ async def live_workers(
     return now, workers
 
 
+async def registered_workers(
+    client: AnyRedis, keys: Keys, where: str
+) -> tuple[datetime, list[WorkerInfo]]:
+    """``live_workers`` without its housekeeping: the index entries of expired workers are
+    skipped, not pruned, so an operator's look (``vecna-async inspect``) never writes."""
+    async with unavailable_as(where, "listing workers"):
+        seconds, micros = await client.time()
+        names = [text(n) for n in await client.zrevrange(keys.workers_index, 0, LIST_LIMIT - 1)]
+        async with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(keys.worker(name))
+            hashes = await pipe.execute()
+    workers = [
+        _info(name, {text(k): text(v) for k, v in fields.items()})
+        for name, fields in zip(names, hashes, strict=True)
+        if fields
+    ]
+    return _time(int(seconds) * 1000 + int(micros) // 1000), workers
+
+
 def _info(name: str, f: dict[str, str]) -> WorkerInfo:
     def number(key: str) -> int:
         try:

@@ -163,6 +163,7 @@ class Worker:
                 claim_batch=min(r.claim_batch, self.concurrency or r.claim_batch),
                 poll_seconds=r.normal_tasks_poll_period / 1000,
                 lease_seconds=r.lease_timeout,
+                worker_name=self.name,
             )
             presence = Presence(
                 # not the main pool: redis-py serialises its pool's releases, and a beat failing
