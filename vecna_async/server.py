@@ -27,13 +27,14 @@ from vecna_async.broker.redis import RedisBroker
 from vecna_async.config import Config
 from vecna_async.context import Context, ResourceHook, WorkerHooks
 from vecna_async.exceptions import BrokerUnavailable
-from vecna_async.keys import Keys, check_name
+from vecna_async.keys import Keys
 from vecna_async.messages import TaskMessage
 from vecna_async.middleware import Middleware, Middlewares
 from vecna_async.runtime import Runtime, open_runtime
 from vecna_async.scheduler.declared import DeclaredSchedules
-from vecna_async.scheduler.periodic import new_definition
 from vecna_async.scheduler.scheduler import Scheduler, running
+from vecna_async.server_cancel import CancelMixin
+from vecna_async.server_periodic import PeriodicMixin
 from vecna_async.tasks.registry import (
     TaskDecorator,
     TaskEntry,
@@ -54,7 +55,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class Server:
+class Server(PeriodicMixin, CancelMixin):
     """Configuration, registered tasks and the connections to Redis.
 
     Connections open on first use or with ``async with server`` / ``await server.connect()``;
@@ -181,33 +182,6 @@ class Server:
         self.worker_hooks.shutdown.append(hook)
         return hook
 
-    def periodic(
-        self,
-        spec: str,
-        *,
-        name: str | None = None,
-        tz: str | None = None,
-        code: str | None = None,
-        **options: Any,
-    ) -> Callable[[Callable[P, Awaitable[R]]], TaskHandle[P, R]]:
-        """Register the function as a task (as ``task()``, with ``options``) run on the cron
-        ``spec`` in zone ``tz`` (default UTC), without arguments.
-
-        The schedule is stored under ``code`` (default: the task name) when a worker or an
-        embedded scheduler of this Server starts, replacing what that code held: declaring it in
-        every process never duplicates a tick. A bad spec raises InvalidCronSpec here.
-
-        >>> # @server.periodic("0 6 * * *", name="report", tz="Europe/Paris")
-        >>> # async def report() -> None: ...
-        """
-
-        def register(f: Callable[P, Awaitable[R]]) -> TaskHandle[P, R]:
-            handle = self.task(name=name or f.__name__, **options)(f)
-            self.declared.declare(spec, task=handle.name, tz=tz, code=code)
-            return handle
-
-        return register
-
     # -- sending -------------------------------------------------------------------------------
     def _prepare(self, sig: Signature) -> TaskMessage:
         """The message for ``sig``, with this Server's task options and argument checks."""
@@ -293,123 +267,6 @@ class Server:
     def result(self, task_id: str, queue: str | None = None) -> AsyncResult[Any]:
         """An AsyncResult for a task id sent elsewhere (queue defaults to ``default_queue``)."""
         return AsyncResult(self._runtime().results, task_id, queue or self.config.default_queue)
-
-    # -- canceling -------------------------------------------------------------------------------
-    async def cancel_task(self, task_id: str, queue: str | None = None) -> bool:
-        """Cancel a task by id, whatever it is doing: a queued or delayed task never runs; a
-        running one is stopped in its worker at once (an ``async def`` task is cancelled at its
-        next ``await``; a plain ``def`` task running in a thread is abandoned: its slot is freed
-        and its result dropped, the thread runs on to its end). Its state becomes CANCELED, and
-        so do the states of what would have followed it (callbacks, later chain links, its
-        chord's callback). True if it will not finish on its own; False if it had finished
-        (or was dead-lettered). ``queue``: the task's queue (default ``default_queue``)."""
-        cancel = self._runtime().results.cancel
-        assert cancel is not None
-        return await cancel(queue or self.config.default_queue, task_id)
-
-    # -- canceling delayed tasks ---------------------------------------------------------------
-    async def _cancel(self, sigs: Iterable[Signature], queue: str | None = None) -> bool:
-        by_queue: dict[str, list[str]] = {}
-        for sig in sigs:
-            if sig.id is None:
-                raise ValueError(f"task {sig.name!r} was never sent: it has no id to cancel")
-            where = queue or sig.routing_key or self.config.default_queue
-            by_queue.setdefault(where, []).append(sig.id)
-        canceled = True
-        for queue, ids in by_queue.items():
-            canceled &= all(await self._runtime().broker.cancel(queue, ids))
-        return canceled
-
-    async def cancel_delayed_task(
-        self, signature: Signature | str, *, queue: str | None = None
-    ) -> bool:
-        """Cancel a task that has not started, with an ETA or without (waiting in its queue):
-        it never runs and its state becomes CANCELED. ``signature`` is the Signature sent or
-        its task id; ``queue`` is where it was sent (default: the Signature's ``routing_key``,
-        else ``default_queue``). Returns False if a worker had already started it."""
-        if isinstance(signature, str):
-            signature = Signature("?", id=check_name("task id", signature))
-        return await self._cancel([signature], queue)
-
-    async def cancel_delayed_group(self, group: Group) -> bool:
-        """Cancel every task of a group that has not started (True if none will run)."""
-        return await self._cancel(group.tasks)
-
-    async def cancel_delayed_chain(self, chain: Chain) -> bool:
-        """Cancel every link of a chain that has not started (True if none will run)."""
-        return await self._cancel(chain.tasks)
-
-    async def cancel_delayed_chord(self, chord: Chord) -> bool:
-        """Cancel a chord's members and its callback (True if none of them will run)."""
-        return await self._cancel([*chord.group.tasks, chord.callback])
-
-    # -- periodic tasks --------------------------------------------------------------------------
-    async def _send_periodic(
-        self,
-        spec: str,
-        kind: str,
-        tasks: list[TaskMessage],
-        code: str,
-        tz: str | None,
-        callback: TaskMessage | None = None,
-        concurrency: int = 0,
-    ) -> str:
-        """Store a periodic definition under ``code``, replacing what the code held (keeping its
-        next fire time when spec and zone are unchanged: ``PeriodicStore.add``)."""
-        rt = self._runtime()
-        definition = new_definition(
-            spec, tz, code, kind, tasks, callback, concurrency, cluster=rt.cluster, signer=rt.signer
-        )
-        await rt.periodic.add(definition)
-        return code
-
-    async def send_periodic_task(
-        self, spec: str, signature: Signature, *, tz: str | None = None
-    ) -> str:
-        """Run ``signature`` on a cron ``spec`` (5 fields, or 6 with seconds first; ``?`` = ``*``;
-        ``@hourly``...) in time zone ``tz`` (default UTC). Stored in Redis: it survives restarts
-        and fires exactly once per tick however many schedulers run. Returns the code to cancel
-        it with (also set on ``signature.code``): ``signature.code`` if set, else its ``id`` if
-        set (either replaces the schedule stored under it: send it at every start without
-        duplicating it), else a new one."""
-        msg = self._prepare(signature)
-        return await self._send_periodic(spec, "task", [msg], msg.code, tz)
-
-    async def send_periodic_group(
-        self, spec: str, group: Group, concurrency: int = 0, *, tz: str | None = None
-    ) -> str:
-        """Send ``group`` on ``spec``; its code is ``group.group_id`` (``Group(..., group_id=)``
-        fixes it: sending again replaces)."""
-        msgs = [self._prepare(s) for s in group.tasks]
-        return await self._send_periodic(spec, "group", msgs, group.group_id, tz, None, concurrency)
-
-    async def send_periodic_chain(self, spec: str, chain: Chain, *, tz: str | None = None) -> str:
-        """Send ``chain`` on ``spec``; its code is its first task's ``code`` (or ``id``)."""
-        head = prepare_chain(
-            chain, self.config.default_queue, self._runtime().backend.reply_channel, self.registry
-        )
-        return await self._send_periodic(spec, "chain", [head], head.code, tz)
-
-    async def send_periodic_chord(
-        self, spec: str, chord: Chord, concurrency: int = 0, *, tz: str | None = None
-    ) -> str:
-        """Send ``chord`` on ``spec``; its code is ``chord.group.group_id``."""
-        members = [self._prepare(s) for s in chord.group.tasks]
-        callback = self._prepare(chord.callback)
-        code = chord.group.group_id
-        return await self._send_periodic(spec, "chord", members, code, tz, callback, concurrency)
-
-    async def cancel_periodic_task(self, code: str) -> bool:
-        """Stop a periodic task, group, chain or chord by its code; True if it existed. (A schedule
-        declared with ``@server.periodic`` is written again by the next start that declares it.)"""
-        return await self._runtime().periodic.cancel(code)
-
-    async def write_declared_schedules(self) -> None:
-        """Store every ``@server.periodic`` schedule of this Server (replacing, under its code:
-        see ``PeriodicStore.add``). Workers and embedded schedulers call it when they start."""
-        for d in self.declared:
-            msg = self._prepare(Signature(d.task, code=d.code))
-            await self._send_periodic(d.spec, "task", [msg], d.code, d.tz)
 
     # -- workers and schedulers ----------------------------------------------------------------
     def new_worker(
