@@ -77,7 +77,10 @@ async def test_every_read_command_against_a_running_worker(
             insp = server.inspect()
 
             async def both_running() -> bool:
-                return len(await insp.running(QUEUE)) == 2
+                # the leases show at once; the worker's own count at its next heartbeat
+                workers = await insp.workers()
+                beating = [w.running for w in workers] == [2]
+                return beating and len(await insp.running(QUEUE)) == 2
 
             await eventually(both_running, timeout=20)
             await inspect_as_text(config)
