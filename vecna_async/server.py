@@ -155,7 +155,7 @@ class Server(PeriodicMixin, CancelMixin):
         def register(f: Callable[..., Awaitable[Any]]) -> TaskHandle[Any, Any]:
             task_name = name or f.__name__
             entry = self.registry.register(task_name, f, options)
-            return TaskHandle(self, task_name, f, dict(entry.options))
+            return TaskHandle(self, entry)
 
         return register(fn) if fn is not None else cast(TaskDecorator, register)
 

@@ -77,3 +77,18 @@ def test_the_handle_and_the_registry_keep_the_options() -> None:
     assert server.registry.options_of("flaky") == {"retry_count": 3, "routing_key": "slow"}
     sig = flaky.signature(1)
     assert (sig.retry_count, sig.routing_key, sig.args) == (3, "slow", [1])
+
+
+def test_a_handle_signature_owns_its_headers() -> None:
+    """A send hook edits ``signature.headers`` in place: that must not reach the task's options
+    or the next Signature the handle builds."""
+    server = Server(Config())
+
+    @server.task(name="tagged", headers={"team": "growth"})
+    async def tagged(n: int) -> int:
+        return n
+
+    first = tagged.signature(1)
+    first.headers["trace"] = "abc"
+    assert tagged.signature(2).headers == {"team": "growth"}
+    assert server.registry.options_of("tagged") == {"headers": {"team": "growth"}}

@@ -29,7 +29,7 @@ from vecna_async.context import Context
 from vecna_async.exceptions import DuplicateTask, TaskNotRegistered
 from vecna_async.keys import check_name
 from vecna_async.tasks.args import ArgSpec
-from vecna_async.tasks.options import check_options
+from vecna_async.tasks.options import apply_options, check_options
 from vecna_async.tasks.signature import Arg, Signature
 
 if TYPE_CHECKING:
@@ -179,21 +179,15 @@ class TaskHandle(Generic[P, R]):
     builds a Signature for workflows; ``await handle(2, 3)`` just calls the function here.
     """
 
-    def __init__(
-        self,
-        sender: TaskSender,
-        name: str,
-        fn: Callable[..., Any],
-        options: dict[str, Any],
-    ) -> None:
-        self.name = name
-        self.fn = fn
-        self._context = context_slot(fn)
+    def __init__(self, sender: TaskSender, entry: TaskEntry) -> None:
+        self.name = entry.name
+        self.fn: Callable[..., Any] = entry.fn
+        self._context = entry.context
         self._sender = sender
-        self._options = options
-        self._return_type = _return_type(fn)
-        self.__doc__ = fn.__doc__
-        self.__wrapped__ = fn
+        self._options = entry.options
+        self._return_type = _return_type(entry.fn)
+        self.__doc__ = entry.fn.__doc__
+        self.__wrapped__ = entry.fn
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R] | R:
         """Call the function here, not through a worker (a Context parameter gets a local
@@ -205,8 +199,11 @@ class TaskHandle(Generic[P, R]):
         return cast("Awaitable[R] | R", self.fn(*call_args, **call_kwargs))
 
     def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        """A Signature of this task with these arguments and the decorator's options."""
-        return Signature(self.name, args=list(args), kwargs=dict(kwargs), **self._options)
+        """A Signature of this task with these arguments and the decorator's options (copies:
+        a send hook that edits this Signature's headers leaves the next one's alone)."""
+        sig = Signature(self.name, args=list(args), kwargs=dict(kwargs))
+        apply_options(sig, self._options)
+        return sig
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task; the result's ``get()`` converts the value to the return annotation."""
