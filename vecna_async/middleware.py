@@ -148,6 +148,12 @@ class Middlewares:
     def __bool__(self) -> bool:
         return bool(self._all)
 
+    @property
+    def wraps_runs(self) -> bool:
+        """Whether any middleware has a run hook (else a worker runs tasks without building a
+        Context or an Outcome for them)."""
+        return any(self._hooks[name] for name in ("before_run", "on_retry", "after_run"))
+
     def __len__(self) -> int:
         return len(self._all)
 

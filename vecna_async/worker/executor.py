@@ -109,7 +109,7 @@ class Executor:
         self._follow = FollowUps(keys, max_message_bytes, signer)
         self._max_result_bytes = max_result_bytes
         self._signer = signer
-        self._middleware = middleware if middleware else None
+        self._middleware = middleware if middleware is not None and middleware.wraps_runs else None
         self.error_handler: ErrorHandler | None = None
         self.canceled: Callable[[Claimed], bool] = lambda c: False
         """Whether the task was canceled before this delivery started (then it is not run)."""
