@@ -13,14 +13,17 @@ its rate window has room (rate), without holding up other tasks behind it.
 
 from __future__ import annotations
 
+import functools
 import re
 
 _PERIODS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_rate_limit(rate: str) -> tuple[int, int]:
-    """``"100/s"`` (also ``/m``, ``/h``) -> (count, period in ms). Raises ValueError naming it."""
+    """``"100/s"`` (also ``/m``, ``/h``) -> (count, period in ms). Raises ValueError naming it.
+    Cached: a task's limit is one string, parsed by its Signature and again for its message."""
     match = _RATE.match(rate)
     if match is None or int(match[1]) < 1:
         raise ValueError(

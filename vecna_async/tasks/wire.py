@@ -246,8 +246,6 @@ async def publish(
     max_bytes: int,
     *,
     concurrency: int = 0,
-    request_id: str = "",
-    request_ttl: int = 0,
     signer: Signer | None = None,
 ) -> None:
     """Encode (and sign, with a ``signer``) and check every message first (nothing is sent if one
@@ -255,9 +253,8 @@ async def publish(
     out = [outgoing(m, max_bytes, signer) for m in messages]
     size = concurrency or len(out) or 1
     for start in range(0, len(out), size):
-        chunk_id = f"{request_id}:{start}" if request_id else ""
         chunk = out[start : start + size]
-        await broker.publish(chunk, chunk_id, request_ttl)
+        await broker.publish(chunk)
         if log.isEnabledFor(logging.DEBUG):
             for m in chunk:
                 _log_sent(m)
