@@ -215,7 +215,8 @@ end
 
 -- Held messages of `name` go back to ready: as many as its limits may let start (the claim
 -- checks each again), at most 100 at a time.
-local function limits_release(q, name, ctx_or_nil)
+-- Returns whether some are still held.
+local function limits_release(q, name)
   local hk = q.held .. name
   local l = redis.call('HGET', q.limit_specs, name) or ''
   local c, count = parse_limits(l)
@@ -227,18 +228,30 @@ local function limits_release(q, name, ctx_or_nil)
     room = math.min(room, count)
   end
   if room <= 0 then
-    return
+    return redis.call('EXISTS', hk) == 1
   end
   local items = redis.call('ZPOPMIN', hk, room)
   for i = 1, #items, 2 do
     redis.call('ZADD', q.ready, items[i + 1], items[i])
   end
   if #items > 0 then
-    wake(q, ctx_or_nil)
+    wake(q)
   end
   if redis.call('EXISTS', hk) == 0 then
     redis.call('ZREM', q.held_due, name)
+    return false
   end
+  return true
+end
+
+-- The token of a delivery whose outcome was not applied (settle) or whose lease is lost
+-- (heartbeat): 'gone:' .. token if its message no longer exists at all and no state says another
+-- delivery finished it (Redis lost its data: restarted without persistence).
+local function lost_token(q, id, token)
+  if redis.call('EXISTS', q.record .. id) == 0 and redis.call('EXISTS', q.state .. id) == 0 then
+    return 'gone:' .. token
+  end
+  return token
 end
 
 -- A delivery of a limited task ended (settled, released, reaped): its concurrency share is free.
@@ -282,9 +295,11 @@ local function enqueue(q, ctx, now, id, name, body, priority, due, ignore, reply
   -- `ignore` is the flag ('0'/'1'), followed by the task's limits if it has any
   local limits = string.sub(ignore, 2)
   ignore = string.sub(ignore, 1, 1)
-  redis.call('HSET', rk, 'b', body, 'n', name, 'p', score, 'd', 0, 'i', ignore, 'r', reply)
   if limits ~= '' then
-    redis.call('HSET', rk, 'l', limits)
+    redis.call('HSET', rk, 'b', body, 'n', name, 'p', score, 'd', 0, 'i', ignore, 'r', reply,
+      'l', limits)
+  else
+    redis.call('HSET', rk, 'b', body, 'n', name, 'p', score, 'd', 0, 'i', ignore, 'r', reply)
   end
   due = tonumber(due)
   if due > now then

@@ -110,8 +110,7 @@ end
 -- Tasks held back by their limits whose time to try again has come (a rate window moved on, or
 -- the safety net for a concurrency limit): back to ready, as many as may start.
 for _, name in ipairs(redis.call('ZRANGEBYSCORE', q.held_due, '-inf', now, 'LIMIT', 0, 20)) do
-  limits_release(q, name)
-  if redis.call('EXISTS', q.held .. name) == 1 then
+  if limits_release(q, name) then
     redis.call('ZADD', q.held_due, now + lease_ms, name) -- still full: look again later
   end
 end

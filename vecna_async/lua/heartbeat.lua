@@ -11,10 +11,8 @@ for i = 5, #ARGV, 2 do
   local rk = q.record .. id
   if redis.call('HGET', rk, 'o') == token then
     redis.call('ZADD', q.leases, 'XX', deadline, id)
-  elseif redis.call('EXISTS', rk) == 0 and redis.call('EXISTS', q.state .. id) == 0 then
-    lost[#lost + 1] = 'gone:' .. token
   else
-    lost[#lost + 1] = token
+    lost[#lost + 1] = lost_token(q, id, token)
   end
 end
 return lost

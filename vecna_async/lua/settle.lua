@@ -87,12 +87,8 @@ local function ended_canceled(id, rk, token)
 end
 
 -- An entry not applied: its token, marked 'gone:' if its message no longer exists at all.
-local function not_applied(id, rk, token)
-  if redis.call('EXISTS', rk) == 0 and redis.call('EXISTS', q.state .. id) == 0 then
-    lost[#lost + 1] = 'gone:' .. token
-  else
-    lost[#lost + 1] = token
-  end
+local function not_applied(id, token)
+  lost[#lost + 1] = lost_token(q, id, token)
 end
 
 local function enqueue_at(qi, a)
@@ -184,25 +180,25 @@ while i <= #A do
         redis.call('SET', q.state .. id, state_json(id, 'STARTED', r[2]), 'EX', ttl)
       end
     else
-      not_applied(id, rk, token)
+      not_applied(id, token)
     end
   elseif kind == 'D' then
     local state = A[i + 3]
     local a = i + 4
     i = after_end(a)
     local r = redis.call('HMGET', rk, 'o', 'r', 'n', 'l')
-    if r[1] == token and ended_canceled(id, rk, token) then
-      limits_end(q, id, r[3], r[4])
-    elseif r[1] == token then
-      redis.call('DEL', rk)
-      acked[#acked + 1] = id
-      limits_end(q, id, r[3], r[4])
-      if write_states then
-        store_state(q, pubs, id, state, r[2], ttl)
-      end
-      apply_after(a)
+    if r[1] ~= token then
+      not_applied(id, token)
     else
-      not_applied(id, rk, token)
+      limits_end(q, id, r[3], r[4]) -- as owned() does, with the reply channel read in one call
+      if not ended_canceled(id, rk, token) then
+        redis.call('DEL', rk)
+        acked[#acked + 1] = id
+        if write_states then
+          store_state(q, pubs, id, state, r[2], ttl)
+        end
+        apply_after(a)
+      end
     end
   elseif kind == 'K' then
     local state = token -- K has no token: its third field is the state
@@ -221,7 +217,7 @@ while i <= #A do
     local state, body, due = A[i + 3], A[i + 4], now + tonumber(A[i + 5])
     i = i + 6
     if not owned(id, rk, token) then
-      not_applied(id, rk, token)
+      not_applied(id, token)
     elseif not ended_canceled(id, rk, token) then
       redis.call('HDEL', rk, 'o')
       redis.call('HSET', rk, 'b', body, 'd', 0)
@@ -243,7 +239,7 @@ while i <= #A do
     local reason, state = A[i + 3], A[i + 4]
     i = i + 5
     if not owned(id, rk, token) then
-      not_applied(id, rk, token)
+      not_applied(id, token)
     elseif not ended_canceled(id, rk, token) then
       redis.call('ZREM', q.leases, id)
       dead_letter(q, now, id, reason, state, ttl, pubs, write_states)
@@ -251,7 +247,7 @@ while i <= #A do
   elseif kind == 'L' then
     i = i + 3
     if not owned(id, rk, token) then
-      not_applied(id, rk, token)
+      not_applied(id, token)
     elseif not ended_canceled(id, rk, token) then
       redis.call('HDEL', rk, 'o')
       redis.call('HINCRBY', rk, 'd', -1)
