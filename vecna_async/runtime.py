@@ -61,7 +61,7 @@ class Runtime:
                 raise self._refused
             if self._checked is None:
                 # memory:// has no INFO, CONFIG or ACLs worth checking: it is this process
-                targets = [c for c in self._clients() if c.target.kind != "memory"]
+                targets = [c for c in self.clients() if c.target.kind != "memory"]
                 warnings: list[str] = []
                 try:
                     for clients in targets:
@@ -69,25 +69,27 @@ class Runtime:
                 except UnsupportedRedis as exc:
                     self._refused = exc
                     raise
-                await self._check_channels()
+                await self._check_channels(targets)
                 for warning in warnings:
                     log.warning("%s", warning)
                 self._checked = warnings
             return self._checked
 
-    async def _check_channels(self) -> None:
+    async def _check_channels(self, targets: list[RedisClients]) -> None:
         """The channels this Server uses: the scheduler wake-ups on the broker's Redis, its
         result replies on the backend's (the same Redis unless a separate backend is set)."""
         timeout = self.config.redis.connect_timeout + self.config.redis.read_timeout
-        uses = {id(self.broker_clients): [self.keys.sched_channel]}
-        uses.setdefault(id(self.backend_clients), []).append(self.backend.reply_channel)
-        for clients in self._clients():
-            if clients.target.kind == "memory":
-                continue
+        for clients in targets:
+            uses = []
+            if clients is self.broker_clients:
+                uses.append(self.keys.sched_channel)
+            if clients is self.backend_clients:
+                uses.append(self.backend.reply_channel)
             where = clients.target.describe()
-            await check_channels(clients.main, where, uses[id(clients)], timeout, self.keys.prefix)
+            await check_channels(clients.main, where, uses, timeout, self.keys.prefix)
 
-    def _clients(self) -> list[RedisClients]:
+    def clients(self) -> list[RedisClients]:
+        """The broker's clients, then the backend's if it is a separate Redis."""
         if self.separate_backend:
             return [self.broker_clients, self.backend_clients]
         return [self.broker_clients]
@@ -95,12 +97,12 @@ class Runtime:
     async def start_background(self) -> None:
         """Start the background work now rather than with the first connection: the Sentinel
         watchers (nothing for other URLs). Idempotent."""
-        for clients in self._clients():
+        for clients in self.clients():
             if clients.watcher is not None:
                 await clients.watcher.start()
 
     async def close(self) -> None:
-        for clients in self._clients():  # first: a switch must not reconnect closing pools
+        for clients in self.clients():  # first: a switch must not reconnect closing pools
             if clients.watcher is not None:
                 await clients.watcher.close()
         await self.listener.close()

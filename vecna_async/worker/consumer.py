@@ -30,7 +30,7 @@ import anyio
 
 from vecna_async.broker.base import Broker, Claimed
 from vecna_async.redis_errors import is_transient
-from vecna_async.worker.heartbeat import InFlight, split_gone
+from vecna_async.worker.heartbeat import GONE, InFlight
 from vecna_async.worker.taskset import TaskSet
 
 log = logging.getLogger("vecna_async.worker")
@@ -129,8 +129,7 @@ class Consumer:
         """Renew the leases of a slow claim's messages; keep those no other delivery took."""
         live = [c for c in claimed if c.dead_reason is None]
         renewed = await self._broker.extend_leases(queue, [(c.id, c.token) for c in live])
-        lost, gone = split_gone(renewed)
-        lost = [*lost, *gone]
+        lost = {token.removeprefix(GONE) for token in renewed}  # gone or not: not ours
         if lost:
             log.warning(
                 "a claim from %r took over half a lease; %d of its message(s) had already "

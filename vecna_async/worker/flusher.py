@@ -26,7 +26,7 @@ from vecna_async.backend.base import Backend, StateWrite
 from vecna_async.broker.base import Broker, ChordFailure, Claimed, Done, SettleBatch
 from vecna_async.messages import State, TaskState, encode
 from vecna_async.redis_errors import is_transient
-from vecna_async.worker.heartbeat import GONE_REASON, split_gone
+from vecna_async.worker.heartbeat import GONE_REASON, split_reply
 
 log = logging.getLogger("vecna_async.worker")
 Writes = dict[str, list[StateWrite]]
@@ -182,10 +182,11 @@ class Flusher:
     async def _send(self, queue: str, unsent: _Unsent) -> None:
         batch = unsent.batch
         reply = await self._broker.settle(batch) if len(batch) else []
-        canceled = {e.removeprefix("canceled:") for e in reply if e.startswith("canceled:")}
-        lost, gone = split_gone([e for e in reply if not e.startswith("canceled:")])
-        runs = {d.token: d.task_id for d in batch.done}
-        runs.update((e[1], e[0]) for es in (batch.retry, batch.dead) for e in es)
+        lost, gone, canceled = split_reply(reply)
+        runs: dict[str, str] = {}  # token -> task id, needed only when something was not applied
+        if lost or gone:
+            runs = {d.token: d.task_id for d in batch.done}
+            runs.update((e[1], e[0]) for es in (batch.retry, batch.dead) for e in es)
         if self._store is not None:
             lost, gone = await self._finished_elsewhere(queue, runs, lost, gone)
             dropped = {*lost, *gone, *canceled}

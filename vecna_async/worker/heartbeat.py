@@ -22,6 +22,8 @@ from vecna_async.redis_errors import is_transient
 log = logging.getLogger("vecna_async.worker")
 GONE = "gone:"
 """Marks a token in a settle or renewal reply whose message no longer exists in Redis."""
+CANCELED = "canceled:"
+"""Marks a token in a settle reply whose task was canceled while it ran (``lua/settle.lua``)."""
 GONE_REASON = (
     "the message no longer exists in Redis (was Redis restarted without persistence? "
     "see README 'Delivery guarantees')"
@@ -29,16 +31,26 @@ GONE_REASON = (
 
 
 def split_gone(tokens: list[str]) -> tuple[list[str], list[str]]:
-    """A settle's or renewal's lost tokens as (lost: the lease went to another delivery, gone:
-    the message no longer exists), each a plain token."""
+    """A renewal's lost tokens as (lost: the lease went to another delivery, gone: the message
+    no longer exists), each a plain token."""
+    lost, gone, _ = split_reply(tokens)
+    return lost, gone
+
+
+def split_reply(tokens: list[str]) -> tuple[list[str], list[str], set[str]]:
+    """A settle's reply as (lost, gone, canceled: the task was canceled while it ran), each a
+    plain token, in one pass."""
     lost: list[str] = []
     gone: list[str] = []
+    canceled: set[str] = set()
     for token in tokens:
         if token.startswith(GONE):
             gone.append(token[len(GONE) :])
+        elif token.startswith(CANCELED):
+            canceled.add(token[len(CANCELED) :])
         else:
             lost.append(token)
-    return lost, gone
+    return lost, gone, canceled
 
 
 class InFlight:

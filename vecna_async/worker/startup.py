@@ -76,8 +76,7 @@ async def name_worker_connections(rt: Runtime, name: str) -> None:
             log.info("worker %s: connections stay unnamed (%s)", name, exc.reply)
             return
         raise
-    clients = {id(c): c for c in (rt.broker_clients, rt.backend_clients)}
-    for c in clients.values():
+    for c in rt.clients():
         await name_connections(c, client_name)
 
 
