@@ -18,7 +18,7 @@ import anyio
 from vecna_async.exceptions import VecnaError
 from vecna_async.redis_errors import redis_errors
 from vecna_async.server import Server
-from vecna_async.worker.presence import live_workers
+from vecna_async.worker.presence import registered_workers
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ async def check(
                 answered = f"{where} answers ({(time.perf_counter() - began) * 1000:.1f} ms)"
                 if worker is None and not any_worker:
                     return Verdict(True, answered)
-                now, workers = await live_workers(rt.broker_clients.main, rt.keys, rt.broker.where)
+                now, workers = await registered_workers(
+                    rt.broker_clients.main, rt.keys, rt.broker.where
+                )
     except TimeoutError:
         return Verdict(False, f"{where} did not answer within {timeout:g}s")
     except VecnaError as exc:

@@ -15,7 +15,7 @@ from tests.support.redis_procs import free_port
 from tests.support.vecna import eventually, running_worker
 from vecna_async import BrokerUnavailable, Config, Context, RetryTaskLater, Server, TaskFailed
 from vecna_async.logs import FIELDS, LOGGERS, JsonFormatter
-from vecna_async.worker.presence import WorkerInfo, live_workers
+from vecna_async.worker.presence import WorkerInfo, registered_workers
 
 pytestmark = pytest.mark.anyio
 PACKAGE = Path(__file__).resolve().parents[2] / "vecna_async"
@@ -159,7 +159,7 @@ async def test_the_registry_shows_a_running_worker(config: Config, server: Serve
             client = rt.broker_clients.main  # as `vecna-async check` reads it
 
         async def entry() -> WorkerInfo | None:
-            _, workers = await live_workers(client, rt_keys, "test")
+            _, workers = await registered_workers(client, rt_keys, "test")
             for w in workers:
                 if w.name == "test-worker" and (w.running, w.done) == (1, 1):
                     return w
@@ -172,7 +172,7 @@ async def test_the_registry_shows_a_running_worker(config: Config, server: Serve
         assert w.failed == 1
         assert w.pid > 0
         assert w.started <= w.last_seen
-    _, workers = await live_workers(client, rt_keys, "test")
+    _, workers = await registered_workers(client, rt_keys, "test")
     assert workers == []  # left at a graceful stop
 
 

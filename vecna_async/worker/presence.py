@@ -120,28 +120,12 @@ class Presence:
             log.debug("worker %s: could not leave the registry (%s); it expires", self._name, exc)
 
 
-async def live_workers(
-    client: AnyRedis, keys: Keys, where: str
-) -> tuple[datetime, list[WorkerInfo]]:
-    """Redis's time and the live workers, most recently seen first."""
-    async with unavailable_as(where, "listing workers"):
-        reply = await script("presence_list")(
-            client, [keys.workers_index], [keys.worker_prefix, LIST_LIMIT]
-        )
-    now = _time(reply[0])
-    workers = []
-    for i in range(1, len(reply), 2):
-        flat = reply[i + 1]
-        fields = {text(flat[j]): text(flat[j + 1]) for j in range(0, len(flat), 2)}
-        workers.append(_info(text(reply[i]), fields))
-    return now, workers
-
-
 async def registered_workers(
     client: AnyRedis, keys: Keys, where: str
 ) -> tuple[datetime, list[WorkerInfo]]:
-    """``live_workers`` without its housekeeping: the index entries of expired workers are
-    skipped, not pruned, so an operator's look (``vecna-async inspect``) never writes."""
+    """Redis's time and the live workers, most recently seen first. The index entries of
+    expired workers are skipped, not pruned (the heartbeats prune them), so a look (``vecna-async
+    inspect``, ``vecna-async check``) never writes."""
     async with unavailable_as(where, "listing workers"):
         seconds, micros = await client.time()
         names = [text(n) for n in await client.zrevrange(keys.workers_index, 0, LIST_LIMIT - 1)]
