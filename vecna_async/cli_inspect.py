@@ -173,12 +173,8 @@ def _split(args: argparse.Namespace, actions: Sequence[str]) -> tuple[str | None
     """``[action] [TARGET] rest...`` of a command whose positionals are free words."""
     words = list(args.words)
     action = words.pop(0) if words and words[0] in actions else None
-    if not args.broker:
-        if not words:
-            raise CliError("give the Server as pkg.module:server, or a Redis URL with --broker")
-        args.target = words.pop(0)
-    else:
-        args.target = ""
+    # without --broker the next word is TARGET; none at all: target_server says what to give
+    args.target = words.pop(0) if words and not args.broker else ""
     return action, words
 
 
