@@ -190,10 +190,7 @@ def _convert(task_name: str, index: int | str, hint: Any, value: Any) -> Any:
 def _check_outgoing(task_name: str, index: int | str, hint: Any, value: Any) -> None:
     if hint is Any or (hint in _EXACT and type(value) is hint):
         return  # (an unencodable value is named when the message is encoded: tasks.wire)
-    try:
-        msgspec.convert(value, hint, strict=True)  # the kind: no bytes for a str
-    except msgspec.ValidationError as exc:
-        raise ArgumentTypeError(task_name, index, _type_label(hint), _detail(exc)) from None
+    _convert(task_name, index, hint, value)  # the kind: no bytes for a str
     try:
         wire = msgspec.json.decode(msgspec.json.encode(value))
     except (TypeError, ValueError, msgspec.EncodeError) as exc:
