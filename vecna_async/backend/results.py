@@ -103,23 +103,24 @@ class ResultListener:
 
     def _dispatch(self, data: bytes) -> None:
         for line in data.split(b"\n"):
-            task_id, _, state = line.partition(b"\t")
-            if not task_id:
+            raw_id, _, state = line.partition(b"\t")
+            if not raw_id:
                 continue
-            updates = self._updates.get(task_id.decode())
+            task_id = raw_id.decode()
+            updates = self._updates.get(task_id)
             if state.startswith(b"@"):  # a progress report, not a state (lua/progress.lua)
                 for queue in updates or ():
                     queue.put_nowait(("progress", state[1:]))
                 continue
             for queue in updates or ():
                 queue.put_nowait(("state", state))
-            futures = self._waiters.get(task_id.decode())
+            futures = self._waiters.get(task_id)
             if futures:
                 for fut in futures:
                     if not fut.done():
                         fut.set_result(state)
             else:
-                self._recent[task_id.decode()] = state
+                self._recent[task_id] = state
                 if len(self._recent) > self.RECENT:
                     self._recent.popitem(last=False)
 
@@ -142,11 +143,7 @@ class ResultListener:
         try:
             yield queue
         finally:
-            queues = self._updates.get(task_id)
-            if queues is not None:
-                queues.discard(queue)
-                if not queues:
-                    del self._updates[task_id]
+            _discard(self._updates, task_id, queue)
 
     async def wait(
         self,
@@ -198,14 +195,7 @@ class ResultListener:
                     if state.is_completed():
                         return state
             finally:
-                self._discard(task_id, fut)
-
-    def _discard(self, task_id: str, fut: asyncio.Future[bytes]) -> None:
-        futures = self._waiters.get(task_id)
-        if futures is not None:
-            futures.discard(fut)
-            if not futures:
-                del self._waiters[task_id]
+                _discard(self._waiters, task_id, fut)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -395,3 +385,12 @@ class ChordAsyncResult:
 
     def __repr__(self) -> str:
         return f"<ChordAsyncResult callback={self.callback.task_id}>"
+
+
+def _discard(registry: dict[str, set[T]], task_id: str, item: T) -> None:
+    """Take ``item`` off ``task_id``'s set in ``registry``; the set goes with its last item."""
+    items = registry.get(task_id)
+    if items is not None:
+        items.discard(item)
+        if not items:
+            del registry[task_id]
