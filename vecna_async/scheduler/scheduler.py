@@ -25,10 +25,9 @@ import anyio
 from vecna_async.broker.redis import RedisBroker
 from vecna_async.redis_errors import is_transient
 from vecna_async.scheduler.periodic import PeriodicStore
+from vecna_async.subscription import subscribe_forever
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import PubSub
-
     from vecna_async.connection import AnyRedis
 
 log = logging.getLogger("vecna_async.scheduler")
@@ -129,26 +128,18 @@ class Scheduler:
 
     async def _listen(self) -> None:
         """Wake the loop when an entry earlier than any known is added (see ``announce_due``)."""
-        while True:
-            pubsub: PubSub | None = None
-            try:
-                pubsub = self._client.pubsub()
-                await pubsub.subscribe(self._channel)
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if msg and msg.get("type") == "message":
-                        queue = msg["data"].split(b" ", 1)[0].decode()
-                        if queue != "*":  # "*": a periodic definition was added
-                            self._queues.add(queue)
-                        self._wake.set()
-            except Exception as exc:
-                log.warning("scheduler wake-up subscription lost (%s); resubscribing", exc)
-                self._wake.set()
-                await anyio.sleep(0.5)
-            finally:
-                if pubsub is not None:
-                    with anyio.CancelScope(shield=True):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+        def announced(data: bytes) -> None:
+            queue = data.split(b" ", 1)[0].decode()
+            if queue != "*":  # "*": a periodic definition was added
+                self._queues.add(queue)
+            self._wake.set()
+
+        what = "scheduler wake-up subscription"
+        await subscribe_forever(
+            self._client, self._channel, announced,
+            log=log, what=what, backoff=(0.5, 0.5), on_lost=self._wake.set,
+        )  # fmt: skip
 
 
 @asynccontextmanager

@@ -14,14 +14,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import anyio
-
 from vecna_async.broker.base import Claimed
+from vecna_async.subscription import subscribe_forever
 from vecna_async.worker.heartbeat import InFlight
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import PubSub
-
     from vecna_async.connection import AnyRedis
 
 log = logging.getLogger("vecna_async.worker")
@@ -53,23 +50,11 @@ class CancelListener:
             log.info("task %s in %r was canceled: stopping it", task_id, queue, extra=fields)
 
     async def run(self) -> None:
-        backoff = 0.1
-        while True:
-            pubsub: PubSub | None = None
-            try:
-                pubsub = self._client.pubsub()
-                await pubsub.subscribe(self._channel)
-                backoff = 0.1
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if msg and msg.get("type") == "message":
-                        queue, _, task_id = msg["data"].decode().partition(" ")
-                        self._noted(queue, task_id)
-            except Exception as exc:  # redis-py resubscribes on a new connection
-                log.warning("cancel notices: subscription lost (%s); resubscribing", exc)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                if pubsub is not None:
-                    with anyio.CancelScope(shield=True):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        def noted(data: bytes) -> None:
+            queue, _, task_id = data.decode().partition(" ")
+            self._noted(queue, task_id)
+
+        what = "cancel notices: subscription"
+        await subscribe_forever(
+            self._client, self._channel, noted, log=log, what=what, backoff=(0.1, 5.0)
+        )
