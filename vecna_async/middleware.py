@@ -194,7 +194,7 @@ class Middlewares:
         for sig in signatures:
             await self._call("before_send", sig)
         for sig in signatures:
-            for s in _tree(sig):
+            for s in signature_tree(sig):
                 for msg in by_id.get(s.id or "", ()):
                     if msg.headers is not s.headers:
                         msg.headers = s.headers  # a hook replaced the dict instead of editing it
@@ -225,8 +225,8 @@ class Middlewares:
             await self._call("after_run", ctx, outcome)
 
 
-def _tree(sig: Signature) -> Iterator[Signature]:
-    """A Signature and the callbacks nested in it."""
+def signature_tree(sig: Signature) -> Iterator[Signature]:
+    """A Signature and the callbacks nested in it, depth first."""
     yield sig
     for cb in (*sig.on_success, *sig.on_error):
-        yield from _tree(cb)
+        yield from signature_tree(cb)

@@ -29,6 +29,7 @@ raised records it on the send span.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -42,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in devel
     ) from exc
 
 from vecna_async.context import Context
-from vecna_async.middleware import Middleware, Outcome
+from vecna_async.middleware import Middleware, Outcome, signature_tree
 
 if TYPE_CHECKING:
     from vecna_async.backend.results import AsyncResult
@@ -141,7 +142,6 @@ class OpenTelemetryMiddleware(Middleware):
 
 def _to_callbacks(signature: Signature, carrier: dict[str, str]) -> None:
     """Carry the trace context to nested callbacks that have none of their own."""
-    for cb in (*signature.on_success, *signature.on_error):
+    for cb in islice(signature_tree(signature), 1, None):  # the callbacks, not the Signature
         if not any(key in cb.headers for key in carrier):
             cb.headers = {**cb.headers, **carrier}
-        _to_callbacks(cb, carrier)
