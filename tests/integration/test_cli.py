@@ -20,7 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 from anyio.abc import Process
 
-from tests.support.vecna import clean_env, eventually, worker_env
+from tests.support.vecna import eventually, worker_env
+from tests.support.workers import read_log, run_cli, wait_exit
 from vecna_async import Config, Server, Signature
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,23 +29,6 @@ APP = "tests.apps.delivery_app:server"
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "vecna-async")
 PYTHON_M = [sys.executable, "-m", "vecna_async"]
 READY_LINE = ": queues vecna_tasks, concurrency"  # logged by each worker once it runs
-
-
-def run_cli(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv,
-        cwd=ROOT,
-        env=env or clean_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def read_log(path: Path) -> str:
-    return path.read_text(errors="replace")
 
 
 def pid_alive(pid: int) -> bool:
@@ -88,11 +72,6 @@ async def cli_process(
             await proc.aclose()
         print(f"--- {log_path.name} (exit {proc.returncode}) ---")
         print(read_log(log_path))
-
-
-async def wait_exit(proc: Process, timeout: float) -> int:
-    with anyio.fail_after(timeout):
-        return await proc.wait()
 
 
 # -- errors ------------------------------------------------------------------------------------

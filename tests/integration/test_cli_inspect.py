@@ -22,11 +22,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.test_cli import APP, CONSOLE_SCRIPT, cli_process, run_cli
+from tests.integration.test_cli import APP, CONSOLE_SCRIPT, cli_process
 from tests.integration.test_inspect import in_an_hour, make_dead_letters, writes
 from tests.support.redis_procs import RedisProcess, free_port
 from tests.support.vecna import eventually, worker_env
-from tests.support.workers import worker_process
+from tests.support.workers import run_cli, worker_process
 from vecna_async import Config, Server, Signature, State
 
 pytestmark = pytest.mark.anyio

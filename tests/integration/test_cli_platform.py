@@ -18,17 +18,10 @@ import anyio
 import pytest
 import redis
 
-from tests.integration.test_cli import (
-    APP,
-    PYTHON_M,
-    READY_LINE,
-    cli_process,
-    read_log,
-    run_cli,
-    wait_exit,
-)
+from tests.integration.test_cli import APP, PYTHON_M, READY_LINE, cli_process
 from tests.support.redis_procs import RedisProcess, free_port
 from tests.support.vecna import clean_env, eventually, tuned, worker_env
+from tests.support.workers import read_log, run_cli, wait_exit
 from vecna_async import Config, Server, Signature
 
 PASSWORD = "right-password"

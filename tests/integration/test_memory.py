@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,12 +17,12 @@ import pytest
 
 from tests.support.backends import plain_client
 from tests.support.vecna import clean_env, running_worker
+from tests.support.workers import run_cli
 from vecna_async import Config, ConfigError, RedisConfig, Server, Signature, memory
 from vecna_async.pinned import PinnedConnection
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
 REFUSED = "memory:// keeps its data in this process: run the worker in the same process"
 
 
@@ -34,18 +33,9 @@ def url() -> Any:
     memory.discard(f"memory://{name}")
 
 
-def run_cli(*argv: str, broker: str = "memory://") -> subprocess.CompletedProcess[str]:
+def memory_cli(*argv: str, broker: str = "memory://") -> subprocess.CompletedProcess[str]:
     env = dict(clean_env(), VECNA_BROKER=broker)
-    return subprocess.run(
-        [sys.executable, "-m", "vecna_async", *argv],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli([sys.executable, "-m", "vecna_async", *argv], env, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +51,7 @@ def run_cli(*argv: str, broker: str = "memory://") -> subprocess.CompletedProces
 def test_the_command_line_refuses_memory(argv: tuple[str, ...]) -> None:
     """A worker (or a probe) in another process would see none of the app's data: refused, on
     one line, exit status 1, before anything starts."""
-    done = run_cli(*argv)
+    done = memory_cli(*argv)
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"vecna-async: error: {REFUSED}"), done.stderr
     assert "or use a Redis URL" in done.stderr

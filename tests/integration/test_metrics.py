@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.redis_procs import free_port
 from tests.support.vecna import clean_env, eventually, tuned, worker_env
-from tests.support.workers import worker_process
+from tests.support.workers import run_cli, worker_process
 from vecna_async import Config, Server, Signature, TaskFailed
 from vecna_async.integrations.prometheus import PrometheusMiddleware
 from vecna_async.tasks.wire import Outgoing
@@ -150,15 +150,7 @@ def test_a_missing_extra_is_one_clear_line(config: Config, tmp_path: Path) -> No
     (stub / "prometheus_client.py").write_text("raise ImportError('No module named prometheus')")
     env = worker_env(config)
     env["PYTHONPATH"] = f"{stub}:{ROOT}"
-    done = subprocess.run(
-        [sys.executable, "-m", "vecna_async", "worker", APP, "--metrics-port", "9"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_cli([sys.executable, "-m", "vecna_async", "worker", APP, "--metrics-port", "9"], env)
     assert done.returncode == 1
     assert "pip install 'vecna_async[prometheus]'" in done.stderr
     assert "Traceback" not in done.stderr
@@ -169,15 +161,8 @@ def test_a_taken_port_is_a_one_line_error(config: Config, tmp_path: Path) -> Non
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "vecna_async", "worker", APP, "--metrics-port", str(port)],
-            cwd=ROOT,
-            env=worker_env(config),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        argv = [sys.executable, "-m", "vecna_async", "worker", APP, "--metrics-port", str(port)]
+        done = run_cli(argv, worker_env(config))
     assert done.returncode == 1
     assert f"vecna-async: error: metrics port {port}: cannot listen" in done.stderr
 

@@ -8,23 +8,21 @@ test_preflight_verdict.py`` covers it on parsed INFO fields.
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.support.redis_procs import RedisClusterSet, RedisProcess
 from tests.support.vecna import clean_env, running_worker
+from tests.support.workers import run_cli
 from vecna_async import Config, RedisConfig, Server, Signature
 from vecna_async.connection import open_clients, parse_url
 from vecna_async.preflight import check_redis
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
 EVICTS = "evicts keys under memory pressure (maxmemory-policy allkeys-lru)"
 NO_DISK = "keeps nothing on disk"
 
@@ -168,15 +166,8 @@ def test_cli_startup_vecna_error_is_one_line_exit_1(redis_url: str) -> None:
     short_key = "tooshort-secret"
     env = clean_env()
     env.update(VECNA_BROKER=redis_url, VECNA_SIGNING_KEYS=f"a-long-enough-key-0123,{short_key}")
-    done = subprocess.run(
-        [sys.executable, "-m", "vecna_async", "worker", "tests.apps.delivery_app:server"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    done = run_cli(
+        [sys.executable, "-m", "vecna_async", "worker", "tests.apps.delivery_app:server"], env
     )
     assert done.returncode == 1, done
     lines = done.stderr.strip().splitlines()

@@ -18,7 +18,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import Process
 
-from tests.support.vecna import worker_env
+from tests.support.vecna import clean_env, worker_env
 from vecna_async import Config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,23 @@ async def worker_process(
             await proc.aclose()
         print(f"--- {log_path.name} (exit {proc.returncode}) ---")
         print(read_log(log_path))
+
+
+def run_cli(
+    argv: list[str], env: dict[str, str] | None = None, *, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (the command line, usually) from the repository as a user would, with no
+    stdin; its exit status and output."""
+    return subprocess.run(
+        argv,
+        cwd=ROOT,
+        env=env or clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def read_log(path: Path) -> str:
